@@ -1,0 +1,25 @@
+//! lmrs core: the paged KV block allocator with prefix caching, the session table and the
+//! continuous-batching scheduler, exposed to Python as `lmrs._core.Core`.
+
+pub mod block_hash;
+pub mod block_pool;
+pub mod invariants;
+pub mod plan;
+pub mod schedule_step;
+pub mod scheduler;
+pub mod sequence;
+pub mod session;
+pub mod update_step;
+mod py_core;
+
+#[cfg(test)]
+mod tests;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    py_core::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
