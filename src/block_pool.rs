@@ -6,7 +6,7 @@
 //! until `allocate` pops it from the head of the free list and drops its hash. Block 0 is the
 //! null block: it pads block tables and is never handed out.
 
-use std::collections::HashMap;
+use crate::id_map::IdMap;
 
 use crate::block_hash::BlockHash;
 
@@ -42,7 +42,7 @@ pub struct BlockPool {
     tail: u32,
     num_free: usize,
     num_free_cached: usize,
-    cached: HashMap<BlockHash, BlockId>,
+    cached: IdMap<BlockHash, BlockId>,
     caching_enabled: bool,
     /// Published blocks whose hash was dropped because the block was handed out again.
     pub evictions: u64,
@@ -70,7 +70,7 @@ impl BlockPool {
             tail: NIL,
             num_free: 0,
             num_free_cached: 0,
-            cached: HashMap::new(),
+            cached: IdMap::default(),
             caching_enabled,
             evictions: 0,
         };

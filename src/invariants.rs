@@ -1,7 +1,7 @@
 //! `check_invariants()`: the properties DESIGN.md lists for the pool, the scheduler and the
 //! sessions, checked after every operation by the property tests (and callable from Python).
 
-use std::collections::HashSet;
+use crate::id_map::IdSet;
 
 use crate::block_pool::NULL_BLOCK;
 use crate::plan::StepPlan;
@@ -15,8 +15,8 @@ impl Scheduler {
         let mut refs = vec![0u32; self.pool.num_blocks()];
 
         // Each request is in exactly one state, and the queues hold exactly the known requests.
-        let waiting: HashSet<u64> = self.waiting.iter().copied().collect();
-        let running: HashSet<u64> = self.running.iter().copied().collect();
+        let waiting: IdSet<u64> = self.waiting.iter().copied().collect();
+        let running: IdSet<u64> = self.running.iter().map(|&slot| self.seqs.at(slot).id).collect();
         if waiting.len() != self.waiting.len() || running.len() != self.running.len() {
             return Err("a request is listed twice in a queue".into());
         }
@@ -34,8 +34,9 @@ impl Scheduler {
         if self.running.len() > self.cfg.max_num_seqs {
             return Err(format!("{} running > max_num_seqs {}", self.running.len(), self.cfg.max_num_seqs));
         }
-        let mut session_owner: HashSet<i64> = HashSet::new();
-        for (id, s) in &self.seqs {
+        let mut session_owner: IdSet<i64> = IdSet::default();
+        for s in self.seqs.values() {
+            let id = &s.id;
             let listed = if waiting.contains(id) { SeqStatus::Waiting } else { SeqStatus::Running };
             if s.status != listed {
                 return Err(format!("request {id} has status {:?} but is listed as {listed:?}", s.status));
@@ -99,7 +100,7 @@ impl Scheduler {
         if plan.num_rows() > self.cfg.max_num_seqs {
             return Err("plan has more rows than max_num_seqs".into());
         }
-        let ids: HashSet<u64> = plan.req_ids.iter().copied().collect();
+        let ids: IdSet<u64> = plan.req_ids.iter().copied().collect();
         if ids.len() != plan.num_rows() {
             return Err("a request appears twice in one plan".into());
         }

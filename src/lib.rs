@@ -3,10 +3,12 @@
 
 pub mod block_hash;
 pub mod block_pool;
+pub mod id_map;
 pub mod invariants;
 pub mod plan;
 pub mod schedule_step;
 pub mod scheduler;
+pub mod seq_table;
 pub mod sequence;
 pub mod session;
 pub mod update_step;

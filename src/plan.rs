@@ -5,10 +5,13 @@
 use crate::block_pool::NULL_BLOCK;
 use crate::sequence::{RequestId, Sequence};
 
+
 /// One scheduled row: `take` tokens of request `id`, starting at position `start`.
 #[derive(Clone, Copy, Debug)]
 pub struct Row {
     pub id: RequestId,
+    /// Slot of the sequence in the request table.
+    pub slot: usize,
     pub start: usize,
     pub take: usize,
     /// Whether this row's last token is sampled (it completes the sequence's known tokens).
@@ -88,7 +91,7 @@ impl StepPlan {
     }
 
     /// Build the arrays from scheduled rows; `seq_of` resolves a request id.
-    pub fn build<'a>(rows: &mut Vec<Row>, block_size: usize, seq_of: impl Fn(RequestId) -> &'a Sequence) -> StepPlan {
+    pub fn build<'a>(rows: &mut Vec<Row>, block_size: usize, seq_of: impl Fn(usize) -> &'a Sequence) -> StepPlan {
         // Decode rows first (stable), so the runner can slice them off.
         rows.sort_by_key(|r| r.take != 1);
         let n_rows = rows.len();
@@ -102,6 +105,20 @@ impl StepPlan {
             slot_mapping: Vec::with_capacity(n_tokens),
             ..Default::default()
         };
+        let n_sampled = rows.iter().filter(|r| r.sample).count();
+        p.sample_rows.reserve_exact(n_sampled);
+        p.logits_indices.reserve_exact(n_sampled);
+        p.temperature.reserve_exact(n_sampled);
+        p.top_p.reserve_exact(n_sampled);
+        p.top_k.reserve_exact(n_sampled);
+        p.min_p.reserve_exact(n_sampled);
+        p.repetition_penalty.reserve_exact(n_sampled);
+        p.presence_penalty.reserve_exact(n_sampled);
+        p.frequency_penalty.reserve_exact(n_sampled);
+        p.seeds.reserve_exact(n_sampled);
+        p.logprobs.reserve_exact(n_sampled);
+        p.num_generated.reserve_exact(n_sampled);
+        p.min_tokens.reserve_exact(n_sampled);
         p.num_decode_rows = rows.iter().take_while(|r| r.take == 1).count();
         p.max_blocks = rows
             .iter()
@@ -110,15 +127,18 @@ impl StepPlan {
             .unwrap_or(0);
         p.block_table = vec![NULL_BLOCK as i32; n_rows * p.max_blocks];
         p.query_start_loc.push(0);
+        debug_assert!(block_size.is_power_of_two());
+        let shift = block_size.trailing_zeros();
+        let mask = block_size - 1;
         for (ri, r) in rows.iter().enumerate() {
-            let s = seq_of(r.id);
+            let s = seq_of(r.slot);
             p.req_ids.push(r.id);
             let end = r.start + r.take;
             for pos in r.start..end {
                 p.input_ids.push(s.tokens[pos] as i32);
                 p.positions.push(pos as i32);
-                let blk = s.blocks[pos / block_size] as usize;
-                p.slot_mapping.push((blk * block_size + pos % block_size) as i32);
+                let blk = s.blocks[pos >> shift] as usize;
+                p.slot_mapping.push(((blk << shift) | (pos & mask)) as i32);
             }
             p.query_start_loc.push(p.input_ids.len() as i32);
             p.seq_lens.push(end as i32);

@@ -39,13 +39,21 @@ impl Scheduler {
         // 1. Running sequences, oldest first.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
-            let (computed, take, have, sample) = {
-                let s = &self.seqs[&id];
-                let take = s.num_uncomputed().min(budget);
-                (s.num_computed, take, s.blocks.len(), s.num_computed + take == s.num_tokens() && s.stop.max_new_tokens > 0)
-            };
+            let slot = self.running[i];
+            let s = self.seqs.at(slot);
+            let id = s.id;
+            let computed = s.num_computed;
+            let take = s.num_uncomputed().min(budget);
+            let sample = computed + take == s.num_tokens() && s.stop.max_new_tokens > 0;
             let total = Sequence::blocks_for(computed + take, bs);
+            let have = s.blocks.len();
+            if total <= have {
+                // Fast path (most decode steps): the tokens fit in the blocks it holds.
+                rows.push(Row { id, slot, start: computed, take, sample });
+                budget -= take;
+                i += 1;
+                continue;
+            }
             if total > self.pool.num_usable() {
                 // The context outgrew the whole KV pool: end it instead of thrashing.
                 self.running.remove(i);
@@ -61,7 +69,7 @@ impl Scheduler {
                 let victim = *self.running.last().expect("running is not empty");
                 preempted = true;
                 self.preempt(victim);
-                if victim == id {
+                if victim == slot {
                     self_preempted = true;
                     break;
                 }
@@ -70,9 +78,8 @@ impl Scheduler {
                 break; // it was the last running sequence
             }
             let new_blocks = self.pool.allocate(need).expect("checked free blocks");
-            let s = self.seqs.get_mut(&id).unwrap();
-            s.blocks.extend(new_blocks);
-            rows.push(Row { id, start: computed, take, sample });
+            self.seqs.at_mut(slot).blocks.extend(new_blocks);
+            rows.push(Row { id, slot, start: computed, take, sample });
             budget -= take;
             i += 1;
         }
@@ -98,9 +105,8 @@ impl Scheduler {
                     Admission::Admitted(row) => {
                         budget -= row.take;
                         rows.push(row);
-                        let s = self.seqs.get_mut(&id).unwrap();
-                        s.status = SeqStatus::Running;
-                        self.running.push(id);
+                        self.seqs.at_mut(row.slot).status = SeqStatus::Running;
+                        self.running.push(row.slot);
                     }
                     Admission::Finished => {}
                     Admission::NoBlocks => {
@@ -114,7 +120,7 @@ impl Scheduler {
 
         self.counters.steps += 1;
         let seqs = &self.seqs;
-        let mut plan = StepPlan::build(&mut rows, bs, |id| &seqs[&id]);
+        let mut plan = StepPlan::build(&mut rows, bs, |slot| seqs.at(slot));
         plan.preempted_ids = std::mem::take(&mut self.preempted_since_plan);
         plan.finished_ids = std::mem::take(&mut self.finished_since_plan);
         let num_sampled = plan.sample_rows.len();
@@ -308,7 +314,8 @@ impl Scheduler {
             let s = self.seqs.get_mut(&id).unwrap();
             s.blocks.extend(new_blocks);
             let sample = start + take == s.num_tokens() && samples > 0;
-            return Admission::Admitted(Row { id, start, take, sample });
+            let slot = self.seqs.slot_of(&id).expect("known request");
+            return Admission::Admitted(Row { id, slot, start, take, sample });
         }
     }
 }

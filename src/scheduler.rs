@@ -3,7 +3,7 @@
 //! ends, and statistics. One step's scheduling is in `schedule_step.rs`, its update in
 //! `update_step.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::block_pool::BlockPool;
@@ -11,6 +11,7 @@ use crate::plan::{Row, UpdateResult};
 use crate::sequence::{
     FinishReason, RequestId, SamplingParams, SeqStatus, Sequence, SessionId, StopParams,
 };
+use crate::seq_table::SeqTable;
 use crate::session::{SessionTable, TurnState};
 
 /// Static configuration of a `Core`.
@@ -67,9 +68,10 @@ pub struct Scheduler {
     pub cfg: CoreConfig,
     pub pool: BlockPool,
     pub sessions: SessionTable,
-    pub(crate) seqs: HashMap<RequestId, Sequence>,
+    pub(crate) seqs: SeqTable,
     pub(crate) waiting: VecDeque<RequestId>,
-    pub(crate) running: Vec<RequestId>,
+    /// Slots (in `seqs`) of the running sequences, oldest first.
+    pub(crate) running: Vec<usize>,
     pub(crate) in_flight: Option<InFlight>,
     /// Finish events decided outside `update` (refusals, errors at admission), reported by the next update.
     pub(crate) events: UpdateResult,
@@ -83,8 +85,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(cfg: CoreConfig) -> Result<Self, String> {
-        if cfg.block_size == 0 || cfg.block_size > 4096 {
-            return Err(format!("block_size must be in 1..=4096, got {}", cfg.block_size));
+        if !cfg.block_size.is_power_of_two() || cfg.block_size > 4096 {
+            return Err(format!("block_size must be a power of two up to 4096 (e.g. 16 or 32), got {}", cfg.block_size));
         }
         if cfg.num_blocks < 2 {
             return Err(format!("num_blocks must be at least 2 (the null block and one usable), got {}", cfg.num_blocks));
@@ -108,7 +110,7 @@ impl Scheduler {
             pool: BlockPool::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching),
             sessions: SessionTable::new(cfg.max_sessions, cfg.session_idle_timeout_s),
             cfg,
-            seqs: HashMap::new(),
+            seqs: SeqTable::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             in_flight: None,
@@ -211,7 +213,10 @@ impl Scheduler {
         };
         match status {
             SeqStatus::Waiting => self.waiting.retain(|&w| w != id),
-            SeqStatus::Running => self.running.retain(|&r| r != id),
+            SeqStatus::Running => {
+                let slot = self.seqs.slot_of(&id).expect("known request");
+                self.running.retain(|&r| r != slot);
+            }
         }
         self.retire(id, reason);
         Ok(())
@@ -277,9 +282,10 @@ impl Scheduler {
 
     /// Preempt a running request by recompute: free its blocks (they keep their hashes),
     /// keep its tokens, and put it at the front of the waiting queue.
-    pub(crate) fn preempt(&mut self, id: RequestId) {
-        self.running.retain(|&r| r != id);
-        let seq = self.seqs.get_mut(&id).expect("preempt of a known request");
+    pub(crate) fn preempt(&mut self, slot: usize) {
+        self.running.retain(|&r| r != slot);
+        let seq = self.seqs.at_mut(slot);
+        let id = seq.id;
         seq.release_blocks(&mut self.pool);
         seq.status = SeqStatus::Waiting;
         seq.num_preemptions += 1;

@@ -163,14 +163,16 @@ impl Sequence {
     }
 
     /// Blocks needed to hold the first `n` tokens.
+    #[inline]
     pub fn blocks_for(n: usize, block_size: usize) -> usize {
-        n.div_ceil(block_size)
+        debug_assert!(block_size.is_power_of_two());
+        (n + block_size - 1) >> block_size.trailing_zeros()
     }
 
     /// Publish every full, computed block not yet hashed, chaining from the last known hash.
     pub fn publish_full_blocks(&mut self, pool: &mut BlockPool) {
         let bs = pool.block_size();
-        let full = self.num_computed / bs;
+        let full = self.num_computed >> bs.trailing_zeros();
         while self.block_hashes.len() < full {
             let i = self.block_hashes.len();
             let parent = if i == 0 { ROOT_HASH } else { self.block_hashes[i - 1] };

@@ -4,7 +4,7 @@
 //! Under block pressure an idle session's blocks may be released (LRU first), but its token
 //! history stays, so the next turn recomputes what was lost: a session is never lost.
 
-use std::collections::HashMap;
+use crate::id_map::IdMap;
 
 use crate::block_hash::BlockHash;
 use crate::block_pool::{BlockId, BlockPool};
@@ -39,7 +39,7 @@ pub struct TurnState {
 
 /// session id -> retained state, with count and idle-time limits.
 pub struct SessionTable {
-    sessions: HashMap<SessionId, Session>,
+    sessions: IdMap<SessionId, Session>,
     /// Most sessions kept; beyond it the least recently used idle ones are dropped (0 = no limit).
     pub max_sessions: usize,
     /// Idle sessions older than this many seconds are dropped (0 = never).
@@ -50,7 +50,7 @@ pub struct SessionTable {
 
 impl SessionTable {
     pub fn new(max_sessions: usize, idle_timeout_s: f64) -> Self {
-        SessionTable { sessions: HashMap::new(), max_sessions, idle_timeout_s, num_dropped: 0 }
+        SessionTable { sessions: IdMap::default(), max_sessions, idle_timeout_s, num_dropped: 0 }
     }
 
     pub fn len(&self) -> usize {

@@ -3,6 +3,7 @@
 //! session_len. Returns the per-request events of the step (plus finish events decided while
 //! scheduling, such as refusals).
 
+use crate::id_map::IdSet;
 use crate::plan::UpdateResult;
 use crate::scheduler::Scheduler;
 use crate::sequence::FinishReason;
@@ -30,7 +31,7 @@ impl Scheduler {
 
         let mut out = std::mem::take(&mut self.events);
         let mut k = 0usize;
-        let mut finished: Vec<(u64, FinishReason)> = Vec::new();
+        let mut finished: Vec<(u64, usize, FinishReason)> = Vec::new();
         for row in &flight.rows {
             let token = if row.sample {
                 k += 1;
@@ -39,7 +40,7 @@ impl Scheduler {
                 None
             };
             // Aborted while in flight: its row is ignored.
-            let Some(s) = self.seqs.get_mut(&row.id) else { continue };
+            let Some(s) = self.seqs.at_if(row.slot, row.id) else { continue };
             if s.num_computed != row.start {
                 continue; // preempted or reset since it was planned
             }
@@ -67,12 +68,17 @@ impl Scheduler {
             };
             out.push(s, token.map_or(-1, |t| t as i32), reason.map_or(0, |r| r as u8));
             if let Some(r) = reason {
-                finished.push((row.id, r));
+                finished.push((row.id, row.slot, r));
             }
         }
         if !finished.is_empty() {
-            self.running.retain(|id| !finished.iter().any(|(f, _)| f == id));
-            for (id, r) in finished {
+            if finished.len() <= 8 {
+                self.running.retain(|slot| !finished.iter().any(|(_, f, _)| f == slot));
+            } else {
+                let done: IdSet<usize> = finished.iter().map(|&(_, slot, _)| slot).collect();
+                self.running.retain(|slot| !done.contains(slot));
+            }
+            for (id, _, r) in finished {
                 self.retire(id, r);
             }
         }

@@ -44,7 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn cfg() -> impl Strategy<Value = CoreConfig> {
-    (3usize..24, 1usize..6, 1usize..40, 1usize..6, any::<bool>(), 6usize..64, 0usize..3).prop_map(
+    (3usize..24, prop_oneof![Just(1usize), Just(2), Just(4), Just(8)], 1usize..40, 1usize..6, any::<bool>(), 6usize..64, 0usize..3).prop_map(
         |(num_blocks, block_size, budget, max_seqs, caching, max_len, max_sessions)| CoreConfig {
             num_blocks,
             block_size,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::scheduler::CoreConfig;
 use crate::sequence::FinishReason;
 
 fn prompt(len: usize, seed: u32) -> Vec<u32> {
@@ -279,4 +280,37 @@ fn max_num_seqs_caps_running() {
     assert_eq!(p.num_rows(), 2);
     let out = run_all(&mut s, 100);
     assert_eq!(out.len(), 5);
+}
+
+/// Timing probe (not a test of speed): `cargo test --release sched_cost -- --ignored --nocapture`.
+/// 256 decoding sequences with contexts of 448..576 tokens (about 512).
+#[test]
+#[ignore]
+fn sched_cost() {
+    let n = 256;
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let (mut ts, mut tu) = (vec![], vec![]);
+    for _ in 0..rounds {
+        let mut s = new_sched(CoreConfig { max_model_len: 1 << 20, ..config(n * 40 + 1, 16, 8192, n) });
+        for i in 0..n as u64 {
+            add(&mut s, i, prompt(448, i as u32), 1 << 30);
+        }
+        let p = s.schedule().unwrap();
+        let f = fake_samples(&p);
+        s.update(&f).unwrap();
+        for _ in 0..128 {
+            let a = std::time::Instant::now();
+            let p = s.schedule().unwrap();
+            let b = std::time::Instant::now();
+            let f = fake_samples(&p);
+            let c = std::time::Instant::now();
+            s.update(&f).unwrap();
+            let d = std::time::Instant::now();
+            ts.push((b - a).as_nanos());
+            tu.push((d - c).as_nanos());
+        }
+    }
+    ts.sort();
+    tu.sort();
+    eprintln!("schedule {} us, update {} us", ts[ts.len() / 2] as f64 / 1e3, tu[tu.len() / 2] as f64 / 1e3);
 }

@@ -1,0 +1,1 @@
+"""Model files: configs, GGUF / safetensors loaders, tokenizer, chat templates, conversion."""
