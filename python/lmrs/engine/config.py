@@ -1,0 +1,51 @@
+"""EngineConfig: every knob of an engine, with defaults and validation in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # HF folder, .gguf file; None = the embedded default (SmolLM2-135M-Instruct)
+    device: str = "cpu"  # "cpu" or "cuda" ("cuda:N")
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    max_num_seqs: int = 64  # most sequences decoded together (--instance-num)
+    max_num_batched_tokens: int = 2048  # most tokens computed in one step
+    block_size: int = 16
+    num_blocks: int | None = None  # KV blocks; None: from kv_cache_memory
+    kv_cache_memory: int | str | None = None  # bytes for the KV cache (CPU default 1 GiB)
+    cache_max_entry_count: float = 0.5  # on CUDA: fraction of free GPU memory for the KV cache
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # the model's context length by default
+    session_len: int | None = None  # most tokens one session may hold (default max_model_len)
+    max_sessions: int = 10_000
+    session_idle_timeout_s: float = 0.0  # 0: sessions never expire by time
+    seed: int | None = None
+    tp: int = 1
+    progress: bool = True
+    quantize: str = "auto"  # weight-only quantization for small batches on the CPU: auto | none | int8
+    num_threads: int | None = None  # torch CPU threads (default: all cores)
+
+    def validate(self) -> None:
+        def positive(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "tp"):
+            positive(name)
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two (16 or 32 are typical), got {self.block_size}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if not (str(self.device) == "cpu" or str(self.device).startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.num_blocks is not None and self.num_blocks < 2:
+            raise ValueError(f"num_blocks must be at least 2, got {self.num_blocks}")
+        if not 0 < self.cache_max_entry_count <= 1:
+            raise ValueError(f"cache_max_entry_count must be in (0, 1], got {self.cache_max_entry_count}")
+        if self.tp != 1:
+            raise ValueError("tensor parallelism (--tp > 1) is not implemented yet; run with --tp 1")
+        if self.quantize not in ("auto", "none", "int8"):
+            raise ValueError(f"quantize must be auto, none or int8, got {self.quantize!r}")

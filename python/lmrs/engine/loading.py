@@ -1,0 +1,110 @@
+"""Build the runnable pieces of an engine from an EngineConfig: weights, model, KV cache, Core."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from lmrs import _core
+from lmrs.engine.config import EngineConfig
+from lmrs.models.llama import LlamaModel
+from lmrs.models.loader import LoadedModel, default_model_path, load_model_files
+from lmrs.worker.kv_cache import KVCache, bytes_per_block, parse_bytes
+from lmrs.worker.model_runner import ModelRunner
+from lmrs.worker.sampler import Sampler
+
+log = logging.getLogger("lmrs.engine")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+@dataclass
+class EngineParts:
+    loaded: LoadedModel
+    model: LlamaModel
+    runner: ModelRunner
+    core: "_core.Core"
+    max_model_len: int
+    session_len: int
+    dtype: torch.dtype
+
+
+def resolve_dtype(name: str, device: str, checkpoint_dtype: str | None) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if str(device).startswith("cuda"):
+        return torch.float16 if checkpoint_dtype == "float16" else torch.bfloat16
+    return torch.bfloat16  # the fast CPU path (AMX); float32 stays available as the exact reference
+
+
+def _num_blocks(cfg: EngineConfig, per_block: int, device: str) -> int:
+    if cfg.num_blocks is not None:
+        return int(cfg.num_blocks)
+    if cfg.kv_cache_memory is not None:
+        budget = parse_bytes(cfg.kv_cache_memory)
+    elif str(device).startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        budget = int(free * cfg.cache_max_entry_count)
+    else:
+        budget = CPU_DEFAULT_KV_BYTES
+    n = budget // per_block
+    if n < 2:
+        raise ValueError(f"the KV cache budget of {budget} bytes holds fewer than 2 blocks of {per_block} bytes")
+    return int(n)
+
+
+def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> EngineParts:
+    cfg.validate()
+    device = str(cfg.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but PyTorch sees no CUDA GPU on this machine")
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    if loaded is None:
+        path = cfg.model or default_model_path()
+        loaded = load_model_files(path, progress=cfg.progress)
+    mc = loaded.config
+    dtype = resolve_dtype(cfg.dtype, device, mc.torch_dtype)
+    model = LlamaModel(mc, loaded.weights, dtype=dtype, device=device)
+    if device == "cpu" and cfg.quantize != "none" and dtype != torch.float32:
+        from lmrs.models.quant import quantize_for_small_batches
+
+        quantize_for_small_batches(model, cfg.quantize)
+    per_block = bytes_per_block(mc.num_hidden_layers, cfg.block_size, model.num_kv_heads, mc.head_dim, dtype)
+    num_blocks = _num_blocks(cfg, per_block, device)
+    capacity_tokens = (num_blocks - 1) * cfg.block_size
+    max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+    if cfg.max_model_len is None:
+        max_model_len = min(max_model_len, capacity_tokens)
+    if max_model_len < 2:
+        raise ValueError(f"max_model_len must be at least 2 (KV capacity is {capacity_tokens} tokens)")
+    session_len = min(cfg.session_len or max_model_len, max_model_len)
+    kv = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, model.num_kv_heads, mc.head_dim, dtype, device)
+    log.info("KV cache: %d blocks of %d tokens (%.1f MiB, %d tokens), max_model_len %d",
+             num_blocks, cfg.block_size, kv.nbytes / 2**20, capacity_tokens, max_model_len)
+    sampler = Sampler(mc.eos_token_ids, seed=cfg.seed)
+    runner = ModelRunner(model, kv, sampler)
+    core = _core.Core(
+        num_blocks,
+        vocab_size=mc.vocab_size,
+        block_size=cfg.block_size,
+        max_num_seqs=cfg.max_num_seqs,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        eos_token_ids=list(mc.eos_token_ids),
+        max_model_len=max_model_len,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+        max_sessions=cfg.max_sessions,
+        session_idle_timeout_s=cfg.session_idle_timeout_s,
+    )
+    return EngineParts(loaded, model, runner, core, max_model_len, session_len, dtype)
+
+
+def model_display_name(cfg: EngineConfig, loaded: LoadedModel) -> str:
+    if cfg.model is None:
+        return "SmolLM2-135M-Instruct"
+    base = os.path.basename(os.path.normpath(cfg.model))
+    return base[:-5] if base.endswith(".gguf") else base

@@ -1,0 +1,84 @@
+"""Linear layers with the tensor-parallel seam kept visible.
+
+`ColumnParallelLinear` splits its output features across ranks (q/k/v, gate/up); `RowParallelLinear`
+splits its input features and all-reduces its output (o_proj, down_proj). With `tp_size == 1`
+(the only size the engine runs today) both are a plain `x @ W.T (+ b)`; the sharding code below
+is what `--tp N` will use once the rank processes exist.
+
+Each layer can also hold a weight-only quantized copy for small batches (`lmrs.models.quant`),
+picked per call by the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """This process's place in the tensor-parallel group."""
+
+    rank: int = 0
+    size: int = 1
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return x
+        torch.distributed.all_reduce(x)
+        return x
+
+
+SINGLE = ParallelContext()
+
+
+class Linear:
+    """y = x @ W.T (+ b), W [out, in] in the compute dtype, optionally with a quantized twin."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight = weight.contiguous()
+        self.bias = None if bias is None else bias.contiguous()
+        self.quantized = None  # set by lmrs.models.quant.quantize_linear
+        self.quantized_max_rows = 0
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None and x.shape[0] <= self.quantized_max_rows:
+            y = self.quantized(x)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
+class ColumnParallelLinear(Linear):
+    """Output features split across ranks: rank r keeps rows [r*out/size, (r+1)*out/size)."""
+
+    def __init__(self, weight, bias=None, ctx: ParallelContext = SINGLE):
+        super().__init__(shard(weight, 0, ctx), None if bias is None else shard(bias, 0, ctx))
+        self.ctx = ctx
+
+
+class RowParallelLinear(Linear):
+    """Input features split across ranks; partial outputs are summed with an all-reduce."""
+
+    def __init__(self, weight, bias=None, ctx: ParallelContext = SINGLE):
+        super().__init__(shard(weight, 1, ctx), bias if ctx.rank == 0 else None)
+        self.ctx = ctx
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ctx.all_reduce(super().__call__(x))
+
+
+def shard(t: torch.Tensor, dim: int, ctx: ParallelContext) -> torch.Tensor:
+    """This rank's slice of `t` along `dim` (the whole tensor when tp_size == 1)."""
+    if ctx.size == 1:
+        return t
+    n = t.shape[dim]
+    if n % ctx.size:
+        raise ValueError(f"dimension {n} is not divisible by the tensor-parallel size {ctx.size}")
+    step = n // ctx.size
+    return t.narrow(dim, ctx.rank * step, step).contiguous()

@@ -1,0 +1,144 @@
+"""The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2 with q/k/v bias) over a paged KV cache.
+
+One forward pass runs every row of a step at once (prefill chunks and decodes in one varlen batch):
+embeddings -> N x [RMSNorm -> fused QKV -> RoPE -> write K/V through the slot mapping -> paged
+attention -> o_proj -> residual + RMSNorm -> fused gate/up -> SiLU*up -> down_proj] -> final norm.
+The kernels (`lmrs.kernels.reference` on the CPU, `lmrs.kernels.cuda` on NVIDIA GPUs) share one
+interface; matrix products stay with PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .attention_metadata import AttentionMetadata
+from .config import ModelConfig
+from .linear import SINGLE, ColumnParallelLinear, Linear, ParallelContext, RowParallelLinear
+from .rope import inv_freq_for
+
+
+class DecoderLayer:
+    """Weights of one transformer block, fused for fewer, larger matrix products."""
+
+    def __init__(self, cfg: ModelConfig, w: dict, i: int, dtype, device, ctx: ParallelContext):
+        p = f"model.layers.{i}."
+
+        def get(name):
+            return w[p + name].to(device=device, dtype=dtype)
+
+        qkv = torch.cat([get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"), get("self_attn.v_proj.weight")])
+        bias = None
+        if cfg.attention_bias:
+            bias = torch.cat([get("self_attn.q_proj.bias"), get("self_attn.k_proj.bias"), get("self_attn.v_proj.bias")])
+        self.qkv_proj = ColumnParallelLinear(qkv, bias, ctx)
+        self.o_proj = RowParallelLinear(get("self_attn.o_proj.weight"), None, ctx)
+        gate_up = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])
+        self.gate_up_proj = ColumnParallelLinear(gate_up, None, ctx)
+        self.down_proj = RowParallelLinear(get("mlp.down_proj.weight"), None, ctx)
+        self.input_layernorm = get("input_layernorm.weight")
+        self.post_attention_layernorm = get("post_attention_layernorm.weight")
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv_proj, self.o_proj, self.gate_up_proj, self.down_proj]
+
+
+class LlamaModel:
+    """Inference-only Llama-family model with a paged KV cache."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        kernels=None,
+        parallel: ParallelContext = SINGLE,
+    ):
+        if kernels is None:
+            from lmrs.kernels import get_backend
+
+            kernels = get_backend(str(device))
+        self.config = config
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.kernels = kernels
+        self.parallel = parallel
+        cfg = config
+        self.num_heads = cfg.num_attention_heads // parallel.size
+        self.num_kv_heads = max(1, cfg.num_key_value_heads // parallel.size)
+        self.head_dim = cfg.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.eps = cfg.rms_norm_eps
+        missing = [k for k in cfg.weight_shapes() if k not in weights]
+        if missing:
+            raise ValueError(f"weights are missing {len(missing)} tensors, e.g. {missing[:3]}")
+        self.embed_tokens = weights["model.embed_tokens.weight"].to(device=device, dtype=dtype).contiguous()
+        self.layers = [DecoderLayer(cfg, weights, i, dtype, self.device, parallel) for i in range(cfg.num_hidden_layers)]
+        self.norm = weights["model.norm.weight"].to(device=device, dtype=dtype)
+        if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
+            self.lm_head = Linear(self.embed_tokens)
+        else:
+            self.lm_head = Linear(weights["lm_head.weight"].to(device=device, dtype=dtype))
+        self.cos_sin_cache = kernels.rope_cos_sin_cache(inv_freq_for(cfg), cfg.max_position_embeddings).to(self.device)
+
+    def linears(self) -> list[Linear]:
+        """Every projection of every layer (for weight-only quantization)."""
+        return [lin for layer in self.layers for lin in layer.linears()]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm, for every input token."""
+        k = self.kernels
+        h = F.embedding(input_ids, self.embed_tokens)
+        residual = h
+        x = k.rms_norm(h, self.layers[0].input_layernorm, self.eps) if self.layers else h
+        t = h.shape[0]
+        for i, layer in enumerate(self.layers):
+            qkv = layer.qkv_proj(x)
+            q = qkv[:, : self.q_size]
+            kk = qkv[:, self.q_size : self.q_size + self.kv_size]
+            v = qkv[:, self.q_size + self.kv_size :]
+            q = q.contiguous()
+            kk = kk.contiguous()
+            k.rotary_embedding(positions, q, kk, self.cos_sin_cache, self.head_dim, True)
+            k_cache, v_cache = kv_caches[i]
+            k.reshape_and_cache(
+                kk.view(t, self.num_kv_heads, self.head_dim),
+                v.reshape(t, self.num_kv_heads, self.head_dim),
+                k_cache,
+                v_cache,
+                attn.slot_mapping,
+            )
+            o = k.paged_attention(
+                q.view(t, self.num_heads, self.head_dim),
+                k_cache,
+                v_cache,
+                attn.block_table,
+                attn.seq_lens,
+                attn.query_start_loc,
+                attn.num_decode_rows,
+                self.scale,
+                attn.max_query_len,
+                attn.max_seq_len,
+            )
+            attn_out = layer.o_proj(o.reshape(t, self.q_size))
+            x, residual = k.fused_add_rms_norm(attn_out, residual, layer.post_attention_layernorm, self.eps)
+            mlp = layer.down_proj(k.silu_and_mul(layer.gate_up_proj(x)))
+            next_norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            x, residual = k.fused_add_rms_norm(mlp, residual, next_norm, self.eps)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [rows, vocab] for the given final hidden states."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,1 @@
+"""The worker: KV cache tensors, the model runner (StepPlan -> forward -> sampled ids) and the sampler."""

@@ -1,0 +1,104 @@
+"""The model runner: turns a StepPlan into one forward pass over all rows, then samples.
+
+It builds the input tensors from the plan's flat arrays, runs the model (prefill chunks and
+decodes together), computes logits only for the rows that sample, and samples each row with
+its own parameters. It also serves embeddings (mean-pooled final hidden states).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmrs.models.attention_metadata import AttentionMetadata
+from lmrs.worker.kv_cache import KVCache
+from lmrs.worker.plan_view import PlanView
+from lmrs.worker.sampler import Sampler, SampleOutput
+
+
+@dataclass
+class StepOutput:
+    """What one executed plan produced."""
+
+    sampled: np.ndarray  # int64 [S]: one token per sampled row, in plan order
+    sample: SampleOutput | None  # logprobs, when asked
+    hidden: torch.Tensor | None = None  # final hidden states [T, H] (only when asked)
+
+
+class ModelRunner:
+    """Runs plans on one model and KV cache."""
+
+    def __init__(self, model, kv_cache: KVCache, sampler: Sampler):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.sampler = sampler
+        self.device = model.device
+
+    def _tensor(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(arr)
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def build_inputs(self, plan: PlanView):
+        """(input_ids, positions, AttentionMetadata) tensors for a plan."""
+        attn = AttentionMetadata(
+            slot_mapping=self._tensor(plan.slot_mapping),
+            block_table=self._tensor(plan.block_table),
+            seq_lens=self._tensor(plan.seq_lens),
+            query_start_loc=self._tensor(plan.query_start_loc),
+            num_decode_rows=plan.num_decode_rows,
+            max_query_len=plan.max_query_len,
+            max_seq_len=plan.max_seq_len,
+        )
+        return self._tensor(plan.input_ids), self._tensor(plan.positions), attn
+
+    @torch.inference_mode()
+    def execute(self, raw_plan, *, return_hidden: bool = False) -> StepOutput:
+        plan = PlanView(raw_plan)
+        if plan.num_rows == 0:
+            return StepOutput(np.zeros(0, dtype=np.int64), None)
+        input_ids, positions, attn = self.build_inputs(plan)
+        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
+        if plan.num_sampled == 0:
+            return StepOutput(np.zeros(0, dtype=np.int64), None, hidden if return_hidden else None)
+        idx = self._tensor(plan.logits_indices).long()
+        logits = self.model.compute_logits(hidden.index_select(0, idx))
+        sample = self.sampler(logits.cpu(), plan)
+        return StepOutput(sample.token_ids, sample, hidden if return_hidden else None)
+
+    @torch.inference_mode()
+    def logits_for(self, raw_plan) -> torch.Tensor:
+        """float32 logits of the plan's sampled rows (for tests and tools)."""
+        plan = PlanView(raw_plan)
+        input_ids, positions, attn = self.build_inputs(plan)
+        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
+        idx = self._tensor(plan.logits_indices).long()
+        return self.model.compute_logits(hidden.index_select(0, idx)).cpu()
+
+    @torch.inference_mode()
+    def embed(self, token_ids: list[int]) -> np.ndarray:
+        """Mean-pooled, L2-normalized final hidden states of one input, computed in a private
+        scratch KV cache (the serving cache and the prefix cache are not touched)."""
+        n = len(token_ids)
+        bs = self.kv_cache.block_size
+        nb = (n + bs - 1) // bs
+        cfg = self.model.config
+        scratch = KVCache(cfg.num_hidden_layers, nb + 1, bs, self.model.num_kv_heads, cfg.head_dim,
+                          self.model.dtype, self.device)
+        dev = self.device
+        attn = AttentionMetadata(
+            slot_mapping=torch.arange(bs, bs + n, dtype=torch.int32, device=dev),
+            block_table=torch.arange(1, nb + 1, dtype=torch.int32, device=dev).unsqueeze(0),
+            seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
+            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=dev),
+            num_decode_rows=1 if n == 1 else 0,
+            max_query_len=n,
+            max_seq_len=n,
+        )
+        ids = torch.tensor(token_ids, dtype=torch.int32, device=dev)
+        pos = torch.arange(n, dtype=torch.int32, device=dev)
+        hidden = self.model.forward(ids, pos, attn, scratch.layers).float()
+        v = hidden.mean(dim=0)
+        v = v / v.norm().clamp(min=1e-12)
+        return v.cpu().numpy()
