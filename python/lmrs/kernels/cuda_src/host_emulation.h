@@ -1,0 +1,1 @@
+../../../../cuda/host_emulation.h
