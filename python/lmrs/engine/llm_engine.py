@@ -55,6 +55,8 @@ class RequestDelta:
     num_prompt_tokens: int = 0  # context tokens of the request (session history + prompt)
     num_cached_tokens: int = 0  # of which served from the prefix cache / session
     error: str | None = None
+    error_status: int = 0  # HTTP status of an error: 400 invalid, 413 can never fit, 503 engine failure
+    queue_time: float | None = None  # on the first delta after scheduling: seconds from arrival to the first step
 
 
 @dataclass
@@ -71,9 +73,11 @@ class RequestState:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
+    scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
     error: str | None = None
+    queue_reported: bool = False
 
 
 class LLMEngine:
@@ -92,6 +96,7 @@ class LLMEngine:
         self.requests: dict[int, RequestState] = {}
         self._ids = itertools.count(1)
         self.last_step_time = 0.0
+        self._unscheduled: set[int] = set()  # requests not yet in any plan (for the queue time)
 
     # ---- requests -------------------------------------------------------------------------
     def new_request_id(self) -> int:
@@ -129,26 +134,33 @@ class LLMEngine:
                                        stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output)
         self.requests[rid] = RequestState(rid, ids, params, detok, session_id=session_id, num_prompt_tokens=len(ids),
                                           logprobs=[] if params.logprobs is not None else None)
+        self._unscheduled.add(rid)
         return rid
 
-    def abort_request(self, request_id: int) -> bool:
-        """Cancel a request now; its blocks go back to the pool (or stay with its session)."""
-        st = self.requests.get(request_id)
+    def abort_request(self, request_id: int) -> RequestDelta | None:
+        """Cancel a request now; its blocks go back to the pool (or stay with its session).
+        Returns its final delta (finish_reason "abort", the held-back text flushed), or None if
+        the request is unknown or already finished."""
+        st = self.requests.pop(request_id, None)
         if st is None:
-            return False
+            return None
         try:
             self.core.abort(request_id)
         except KeyError:
             pass
+        self._unscheduled.discard(request_id)
         st.finish_reason = "abort"
         st.finished_time = time.monotonic()
-        del self.requests[request_id]
-        return True
+        text = st.detok.flush()
+        st.text += text
+        return RequestDelta(request_id, text, [], len(st.output_ids), True, "abort",
+                            num_prompt_tokens=st.num_prompt_tokens, num_cached_tokens=st.num_cached_tokens)
 
     def end_session(self, session_id: int) -> bool:
         """Drop a session's history and KV blocks (aborting its running request, if any)."""
         for rid in [r for r, st in self.requests.items() if st.session_id == session_id]:
             self.requests.pop(rid, None)
+            self._unscheduled.discard(rid)
         return self.core.end_session(session_id)
 
     def has_unfinished(self) -> bool:
@@ -158,6 +170,13 @@ class LLMEngine:
     def step(self) -> list[RequestDelta]:
         t0 = time.perf_counter()
         plan = self.core.schedule()
+        if self._unscheduled and plan.num_rows:
+            now = time.monotonic()
+            for rid in self._unscheduled.intersection(plan.req_ids.tolist()):
+                st = self.requests.get(rid)
+                if st is not None:
+                    st.scheduled_time = now
+                self._unscheduled.discard(rid)
         try:
             out = self.runner.execute(plan)
         except Exception as exc:
@@ -179,7 +198,7 @@ class LLMEngine:
             st = self.requests.pop(rid, None)
             if st is not None:
                 msg = f"the engine failed while running this request: {type(exc).__name__}: {exc}"
-                deltas.append(RequestDelta(rid, "", [], len(st.output_ids), True, "error", error=msg))
+                deltas.append(RequestDelta(rid, "", [], len(st.output_ids), True, "error", error=msg, error_status=503))
         self.core.update(np.zeros(plan.num_sampled, dtype=np.int64))
         return deltas
 
@@ -228,10 +247,16 @@ class LLMEngine:
             d = RequestDelta(rid, text, new_ids, len(st.output_ids), finish is not None, finish,
                              refused=reason == _core.FINISH_REFUSED, logprobs=new_lp,
                              num_prompt_tokens=nctx, num_cached_tokens=ncached)
+            if st.scheduled_time is not None and not st.queue_reported:
+                d.queue_time = st.scheduled_time - st.arrival_time
+                st.queue_reported = True
             if finish is not None:
+                self._unscheduled.discard(rid)
                 st.finish_reason = finish
                 st.finished_time = now
                 st.error = d.error = errors.get(rid)
+                if d.error:
+                    d.error_status = 413
                 del self.requests[rid]
             deltas.append(d)
         return deltas

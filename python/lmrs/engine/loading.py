@@ -64,6 +64,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         raise RuntimeError("device 'cuda' was requested but PyTorch sees no CUDA GPU on this machine")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    owned = loaded is None
     if loaded is None:
         path = cfg.model or default_model_path()
         loaded = load_model_files(path, progress=cfg.progress)
@@ -74,6 +75,9 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         from lmrs.models.quant import quantize_for_small_batches
 
         quantize_for_small_batches(model, cfg.quantize)
+    model.drop_sources()
+    if owned:
+        loaded.weights = {}  # the model holds what it needs; let the checkpoint tensors go
     per_block = bytes_per_block(mc.num_hidden_layers, cfg.block_size, model.num_kv_heads, mc.head_dim, dtype)
     num_blocks = _num_blocks(cfg, per_block, device)
     capacity_tokens = (num_blocks - 1) * cfg.block_size

@@ -42,6 +42,7 @@ class Linear:
         self.bias = None if bias is None else bias.contiguous()
         self.quantized = None  # set by lmrs.models.quant.quantize_linear
         self.quantized_max_rows = 0
+        self.source: torch.Tensor | None = None  # checkpoint-precision weight, until quantization is done
 
     @property
     def out_features(self) -> int:

@@ -31,18 +31,25 @@ class DecoderLayer:
     def __init__(self, cfg: ModelConfig, w: dict, i: int, dtype, device, ctx: ParallelContext):
         p = f"model.layers.{i}."
 
+        def src(name):  # the checkpoint tensor (kept as `.source` for weight-only quantization)
+            return w[p + name].to(device=device)
+
         def get(name):
             return w[p + name].to(device=device, dtype=dtype)
 
-        qkv = torch.cat([get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"), get("self_attn.v_proj.weight")])
+        def linear(cls, weight, bias=None):
+            lin = cls(weight.to(dtype), None if bias is None else bias.to(dtype), ctx)
+            lin.source = weight
+            return lin
+
+        qkv = torch.cat([src("self_attn.q_proj.weight"), src("self_attn.k_proj.weight"), src("self_attn.v_proj.weight")])
         bias = None
         if cfg.attention_bias:
-            bias = torch.cat([get("self_attn.q_proj.bias"), get("self_attn.k_proj.bias"), get("self_attn.v_proj.bias")])
-        self.qkv_proj = ColumnParallelLinear(qkv, bias, ctx)
-        self.o_proj = RowParallelLinear(get("self_attn.o_proj.weight"), None, ctx)
-        gate_up = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])
-        self.gate_up_proj = ColumnParallelLinear(gate_up, None, ctx)
-        self.down_proj = RowParallelLinear(get("mlp.down_proj.weight"), None, ctx)
+            bias = torch.cat([src("self_attn.q_proj.bias"), src("self_attn.k_proj.bias"), src("self_attn.v_proj.bias")])
+        self.qkv_proj = linear(ColumnParallelLinear, qkv, bias)
+        self.o_proj = linear(RowParallelLinear, src("self_attn.o_proj.weight"))
+        self.gate_up_proj = linear(ColumnParallelLinear, torch.cat([src("mlp.gate_proj.weight"), src("mlp.up_proj.weight")]))
+        self.down_proj = linear(RowParallelLinear, src("mlp.down_proj.weight"))
         self.input_layernorm = get("input_layernorm.weight")
         self.post_attention_layernorm = get("post_attention_layernorm.weight")
 
@@ -88,8 +95,10 @@ class LlamaModel:
         self.norm = weights["model.norm.weight"].to(device=device, dtype=dtype)
         if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
             self.lm_head = Linear(self.embed_tokens)
+            self.lm_head.source = weights["model.embed_tokens.weight"]
         else:
             self.lm_head = Linear(weights["lm_head.weight"].to(device=device, dtype=dtype))
+            self.lm_head.source = weights["lm_head.weight"]
         self.cos_sin_cache = kernels.rope_cos_sin_cache(inv_freq_for(cfg), cfg.max_position_embeddings).to(self.device)
         # Mixed precision: float32 embedding table (residual stream) and output head (refinement).
         self.embed_f32 = None
@@ -103,6 +112,11 @@ class LlamaModel:
     def linears(self) -> list[Linear]:
         """Every projection of every layer (for weight-only quantization)."""
         return [lin for layer in self.layers for lin in layer.linears()]
+
+    def drop_sources(self) -> None:
+        """Free the checkpoint copies kept for quantization."""
+        for lin in [*self.linears(), self.lm_head]:
+            lin.source = None
 
     def forward(
         self,

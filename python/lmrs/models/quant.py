@@ -26,11 +26,11 @@ INT8_MAX_ROWS = 4
 class Int8Weight:
     """y = x @ (q * scale).T with q int8 [N, K] and one scale per output channel."""
 
-    def __init__(self, w: torch.Tensor):
+    def __init__(self, w: torch.Tensor, dtype: torch.dtype = torch.bfloat16):
         wf = w.float()
         scale = (wf.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
         self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        self.scale = scale.to(w.dtype)
+        self.scale = scale.to(dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
@@ -61,7 +61,7 @@ def int4_codes(w: torch.Tensor):
     return q.to(torch.int32).view(n, k), scale.squeeze(-1), zero.squeeze(-1), err
 
 
-def try_int4(w: torch.Tensor, exact_only: bool) -> Int4Weight | None:
+def try_int4(w: torch.Tensor, exact_only: bool, dtype: torch.dtype = torch.bfloat16) -> Int4Weight | None:
     n, k = w.shape
     if k % INT4_GROUP or not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
         return None
@@ -69,22 +69,24 @@ def try_int4(w: torch.Tensor, exact_only: bool) -> Int4Weight | None:
     if exact_only and err > 1e-3:
         return None
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    scale_zero = torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(w.dtype)  # [K/32, N, 2]
+    scale_zero = torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(dtype)  # [K/32, N, 2]
     return Int4Weight(packed, scale_zero, n)
 
 
 def quantize_linear(lin, mode: str) -> str:
-    """Attach a quantized twin to `lin`; returns the format chosen ("int4", "int8" or "none")."""
+    """Attach a quantized twin to `lin` (built from its checkpoint-precision `source` when kept);
+    returns the format chosen ("int4", "int8" or "none")."""
     w = lin.weight
     if w.dtype not in (torch.bfloat16, torch.float16) or w.device.type != "cpu":
         return "none"
+    src = lin.source if lin.source is not None else w
     if mode in ("auto", "int4"):
-        q4 = try_int4(w, exact_only=(mode == "auto"))
+        q4 = try_int4(src, exact_only=(mode == "auto"), dtype=w.dtype)
         if q4 is not None:
             lin.quantized, lin.quantized_max_rows = q4, INT4_MAX_ROWS
             return "int4"
     if mode in ("auto", "int8"):
-        lin.quantized, lin.quantized_max_rows = Int8Weight(w), INT8_MAX_ROWS
+        lin.quantized, lin.quantized_max_rows = Int8Weight(src, w.dtype), INT8_MAX_ROWS
         return "int8"
     return "none"
 
@@ -95,5 +97,6 @@ def quantize_for_small_batches(model, mode: str = "auto") -> dict:
     for lin in [*model.linears(), model.lm_head]:
         kind = quantize_linear(lin, mode)
         counts[kind] = counts.get(kind, 0) + 1
+    model.drop_sources()
     log.info("small-batch weight formats: %s", counts)
     return counts

@@ -1,0 +1,61 @@
+"""Turning API prompts into token ids: whole conversations, and session continuations.
+
+A session continuation must produce exactly the tokens that rendering the whole conversation
+would add after the previous reply, so that an interactive session and a stateless client that
+resends its history see the same tokens. `continuation()` renders a placeholder exchange followed
+by the new messages and keeps only what follows the placeholder reply; the reply's EOS is dropped
+when the session's history already ends with it (the model generated it).
+"""
+
+from __future__ import annotations
+
+from lmrs.models.chat_template import ChatTemplateError
+
+_USER = "\u2063lmrs-previous-user\u2063"
+_REPLY = "\u2063lmrs-previous-reply\u2063"
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.has_template = bool(tokenizer.chat_template)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=self.tok.add_bos_token)
+
+    def conversation(self, messages: list[dict]) -> list[int]:
+        """A whole conversation, rendered with the chat template and a generation prompt."""
+        if not self.has_template:
+            return self.encode_text("\n".join(_content(m) for m in messages))
+        return self.tok.encode_chat(messages, add_generation_prompt=True)
+
+    def user_turn(self, text: str) -> list[int]:
+        """A new conversation holding one user message (the /generate string prompt)."""
+        return self.conversation([{"role": "user", "content": text}])
+
+    def continuation(self, messages: list[dict], history_ends_with_eos: bool) -> list[int]:
+        """Tokens that extend a session's history with `messages` and a generation prompt."""
+        if not self.has_template:
+            return self.encode_text("\n".join(_content(m) for m in messages))
+        base = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY}]
+        try:
+            text = self.tok.apply_chat_template(base + list(messages), add_generation_prompt=True)
+        except ChatTemplateError:
+            # Templates that insist on alternation or a leading system prompt: render the new
+            # messages alone, without the template's conversation preamble.
+            return self.conversation(messages)
+        cut = text.find(_REPLY)
+        if cut < 0:
+            return self.conversation(messages)
+        suffix = text[cut + len(_REPLY):]
+        eos = self.tok.eos_token or ""
+        if history_ends_with_eos and eos and suffix.startswith(eos):
+            suffix = suffix[len(eos):]
+        return self.tok.encode(suffix, add_special_tokens=False)
+
+
+def _content(m: dict) -> str:
+    c = m.get("content")
+    if isinstance(c, list):
+        return "\n".join(p.get("text", "") for p in c if isinstance(p, dict))
+    return c or ""

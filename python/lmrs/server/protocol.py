@@ -1,0 +1,273 @@
+"""Request and response schemas of every route (pydantic). The OpenAPI document is generated from
+these same classes (`openapi.py`), so the validation and the docs cannot drift apart.
+
+Requests are validated strictly (a string is not a number, "yes" is not a boolean) and unknown
+fields are ignored, as API.md asks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+MAX_N = 16
+MAX_STOP = 16
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- shared ---------------------------------------------------------------------------------
+class TextPart(_Request):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Union[str, list[TextPart], None] = None
+    name: Optional[str] = None
+
+
+class ErrorResponse(_Response):
+    object: Literal["error"] = "error"
+    message: str = Field(description="What was wrong and how to fix it")
+    type: str = Field(description="Error class, e.g. invalid_request_error")
+    code: int = Field(description="The HTTP status")
+
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+StopStrings = Union[str, Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)], None]
+
+
+# ---- /generate ------------------------------------------------------------------------------
+class GenerateRequest(_Request):
+    """lmdeploy's session-aware generate (interactive mode)."""
+
+    prompt: Union[str, list[ChatMessage]] = Field(
+        description="The next user turn (wrapped by the chat template) or a whole conversation")
+    session_id: int = Field(-1, ge=-1, validation_alias=AliasChoices("session_id", "instance_id"),
+                            description="The session; -1: a fresh unnamed session for this request alone. "
+                                        "`instance_id` is accepted as an alias")
+    sequence_start: bool = Field(True, description="Start the session afresh, dropping what it held")
+    sequence_end: bool = Field(False, description="End the session after this request and free its KV cache")
+    stream: bool = False
+    stop: bool = Field(False, description="Cancel the generation now running in this session")
+    request_output_len: int = Field(512, ge=0, description="Most new tokens; 0: only update the session")
+    top_p: TopP = 0.8
+    top_k: int = Field(40, ge=0)
+    temperature: Temperature = 0.8
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    ignore_eos: bool = False
+    stop_words: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)] = Field(
+        default_factory=list, description="Stop strings (lmrs extension)")
+    seed: Optional[int] = Field(None, ge=0, description="Makes sampling reproducible (lmrs extension)")
+
+
+class GenerateResponse(_Response):
+    text: str = Field(description="Generated text (streaming: only the new text of this chunk)")
+    tokens: int = Field(description="Tokens generated so far in this request")
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+# ---- OpenAI: models -------------------------------------------------------------------------
+class ModelPermission(_Response):
+    id: str
+    object: Literal["model_permission"] = "model_permission"
+    created: int
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: Optional[str] = None
+    is_blocking: bool = False
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lmrs"
+    root: str
+    parent: Optional[str] = None
+    permission: list[ModelPermission]
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- OpenAI: chat ---------------------------------------------------------------------------
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    model: Optional[str] = Field(None, description="The served model's name (see /v1/models)")
+    temperature: Temperature = 0.7
+    top_p: TopP = 1.0
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: StopStrings = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    seed: Optional[int] = Field(None, ge=0)
+    user: Optional[str] = None
+    top_k: int = Field(0, ge=-1, description="lmdeploy extra; 0 or -1 disables")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    skip_special_tokens: bool = True
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Union[Annotated[list[ChatMessage], Field(min_length=1)], str]
+    max_tokens: Optional[int] = Field(None, ge=0, description="Most new tokens (default 512)")
+    max_completion_tokens: Optional[int] = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    session_id: int = Field(-1, ge=-1, description="lmdeploy extra: keep the conversation on the server")
+    renew_session: bool = Field(False, description="With session_id: drop the session's history first")
+
+
+class ChatMessageOut(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: Optional[list[TokenLogprob]] = None
+
+
+class ChatChoice(_Response):
+    index: int
+    message: ChatMessageOut
+    finish_reason: Optional[str] = None
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(_Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Response):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: ChatDelta
+    finish_reason: Optional[str] = None
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+# ---- OpenAI: completions --------------------------------------------------------------------
+class CompletionRequest(_Sampling):
+    prompt: Union[str, Annotated[list[str], Field(min_length=1)], Annotated[list[int], Field(min_length=1)],
+                  Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]]
+    max_tokens: int = Field(16, ge=0)
+    echo: bool = False
+    suffix: Optional[str] = Field(None, description="Not supported (rejected with 400 when set)")
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    temperature: Temperature = 1.0
+
+
+class CompletionLogprobs(_Response):
+    tokens: list[str]
+    token_logprobs: list[Optional[float]]
+    top_logprobs: list[Optional[dict[str, float]]]
+    text_offset: list[int]
+
+
+class CompletionChoice(_Response):
+    index: int
+    text: str
+    finish_reason: Optional[str] = None
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class CompletionResponse(_Response):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+# ---- OpenAI: embeddings ---------------------------------------------------------------------
+class EmbeddingRequest(_Request):
+    model: Optional[str] = None
+    input: Union[str, Annotated[list[str], Field(min_length=1, max_length=256)],
+                 Annotated[list[int], Field(min_length=1)],
+                 Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=256)]]
+    encoding_format: Literal["float", "base64"] = "float"
+    user: Optional[str] = None
+
+
+class EmbeddingData(_Response):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
+class HealthResponse(_Response):
+    status: str
+    detail: Optional[str] = None
