@@ -204,18 +204,20 @@ class AsyncEngine:
                 cmds = list(self._cmds)
                 self._cmds.clear()
             early = [d for c in cmds if (d := self._apply(c)) is not None]
-            deltas = early
+            deltas, step_time = early, 0.0
             if llm.has_unfinished():
                 t0 = time.perf_counter()
                 try:
                     deltas = early + llm.step()
                 except StepError as e:
+                    self.stats_snapshot = llm.stats()
                     self._deliver(early + e.deltas, 0.0)
                     raise e.cause
-                self._deliver(deltas, time.perf_counter() - t0)
-            elif early:
-                self._deliver(early, 0.0)
+                step_time = time.perf_counter() - t0
+            # stats first, so a client that sees its request end also sees its effect in /stats
             self.stats_snapshot = llm.stats()
+            if deltas:
+                self._deliver(deltas, step_time)
 
     def _apply(self, cmd) -> RequestDelta | None:
         llm = self.llm

@@ -75,6 +75,9 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         from lmrs.models.quant import quantize_for_small_batches
 
         quantize_for_small_batches(model, cfg.quantize)
+    if device == "cpu":
+        for lin in [*model.linears(), model.lm_head]:
+            lin.prepack()
     model.drop_sources()
     if owned:
         loaded.weights = {}  # the model holds what it needs; let the checkpoint tensors go

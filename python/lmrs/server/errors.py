@@ -44,14 +44,22 @@ def error_response(status: int, message: str, *, err_type: str | None = None, he
     return web.json_response(error_body(status, message, err_type), status=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "null", "bytes"}
+
+
+def _is_type_tag(part) -> bool:
+    """Union branches in pydantic error locations ('str', 'list[ChatMessage]', 'ChatMessage', ...)."""
+    if not isinstance(part, str):
+        return False
+    return (part in _TYPE_TAGS or "[" in part or part[:1].isupper()
+            or part.startswith(("function-", "union", "json-or-python", "lax-or-strict", "constrained-")))
+
+
 def describe_validation_error(e: ValidationError) -> str:
     """'temperature: Input should be greater than or equal to 0 (got -1); ...' naming each field."""
     parts = []
     for err in e.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
-        # unions report one error per branch: keep the field name, not the branch names
-        loc = ".".join(p for p in loc.split(".") if not p.startswith(("list[", "str", "int", "bool", "float",
-                                                                        "ChatMessage", "TextPart", "Annotated")))
+        loc = ".".join(str(p) for p in err["loc"] if not _is_type_tag(p))
         msg = err["msg"]
         if "input" in err and err["type"] not in ("missing",):
             shown = json.dumps(err["input"])[:60] if not isinstance(err["input"], dict) else "{...}"
@@ -67,8 +75,9 @@ async def read_json(request: web.Request) -> dict:
     """The JSON object body of a request, or a 400/413/415 APIError."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise APIError(413, f"the request body is larger than the limit of {e.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise APIError(413, f"the request body is larger than the limit of {request.app._client_max_size} bytes; "
+                            "send a smaller body (the server's --max-body-bytes)") from None
     if not raw.strip():
         raise APIError(400, "the request body is empty: send a JSON object")
     try:
