@@ -42,3 +42,8 @@ def make_engine(loaded, **kw):
     kw.setdefault("kv_cache_memory", "96MiB")
     kw.setdefault("progress", False)
     return Engine(loaded=loaded, **kw)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the long schemathesis fuzz (make fuzz) instead of the short one")

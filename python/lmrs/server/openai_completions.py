@@ -35,9 +35,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = prompts_of(req, tok)
     if len(prompts) * req.n > MAX_N * 4:
         raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} is more than {MAX_N * 4} choices")
+    vocab = state.engine.llm.model_config.vocab_size
     for _, ids in prompts:
         if not ids:
             raise APIError(400, "prompt: an empty prompt cannot be completed")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"prompt: token id {bad} is outside the vocabulary (size {vocab})")
     texts_in = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in prompts]
     choices = Choices(state, "/v1/completions")
     for pi, (_, ids) in enumerate(prompts):

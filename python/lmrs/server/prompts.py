@@ -10,6 +10,7 @@ when the session's history already ends with it (the model generated it).
 from __future__ import annotations
 
 from lmrs.models.chat_template import ChatTemplateError
+from lmrs.server.errors import APIError
 
 _USER = "\u2063lmrs-previous-user\u2063"
 _REPLY = "\u2063lmrs-previous-reply\u2063"
@@ -25,9 +26,13 @@ class PromptBuilder:
 
     def conversation(self, messages: list[dict]) -> list[int]:
         """A whole conversation, rendered with the chat template and a generation prompt."""
+        messages = _normalize(messages)
         if not self.has_template:
             return self.encode_text("\n".join(_content(m) for m in messages))
-        return self.tok.encode_chat(messages, add_generation_prompt=True)
+        try:
+            return self.tok.encode_chat(messages, add_generation_prompt=True)
+        except ChatTemplateError as e:
+            raise APIError(400, f"messages: the model's chat template rejected them: {e}") from None
 
     def user_turn(self, text: str) -> list[int]:
         """A new conversation holding one user message (the /generate string prompt)."""
@@ -35,6 +40,7 @@ class PromptBuilder:
 
     def continuation(self, messages: list[dict], history_ends_with_eos: bool) -> list[int]:
         """Tokens that extend a session's history with `messages` and a generation prompt."""
+        messages = _normalize(messages)
         if not self.has_template:
             return self.encode_text("\n".join(_content(m) for m in messages))
         base = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY}]
@@ -52,6 +58,11 @@ class PromptBuilder:
         if history_ends_with_eos and eos and suffix.startswith(eos):
             suffix = suffix[len(eos):]
         return self.tok.encode(suffix, add_special_tokens=False)
+
+
+def _normalize(messages: list[dict]) -> list[dict]:
+    """Messages as templates expect them: a `content` string always present."""
+    return [{**m, "content": _content(m)} for m in messages]
 
 
 def _content(m: dict) -> str:
