@@ -20,12 +20,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict | None = None, wait: bool = True, timeout: float = 180.0):
+    def __init__(self, *args: str, env: dict | None = None, wait: bool = True, timeout: float = 180.0,
+                 prelude: str | None = None):
+        """`prelude`: Python code run before the server's main (e.g. to inject a fault)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="lmrs-server-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "lmrs.serve", *args, "--server-name", "127.0.0.1", "--server-port", str(self.port),
-               "--no-progress"]
+        serve_args = [*args, "--server-name", "127.0.0.1", "--server-port", str(self.port), "--no-progress"]
+        if prelude:
+            code = prelude + "\nimport sys\nfrom lmrs.serve import main\nsys.exit(main(sys.argv[1:]))"
+            cmd = [sys.executable, "-c", code, *serve_args]
+        else:
+            cmd = [sys.executable, "-m", "lmrs.serve", *serve_args]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
