@@ -54,7 +54,7 @@ bench: setup
 	$(PY) benchmarks/compare.py
 
 fuzz: setup
-	$(PY) -m pytest -q tests/test_fuzz.py --fuzz-long
+	$(PY) -m pytest -q tests/test_fuzz.py --fuzz-long -k schemathesis
 
 clean:
 	rm -rf target $(VENV) python/lmrs/*.so
