@@ -43,6 +43,7 @@ compile-check: setup
 	$(PY) -m lmrs.kernels.compile_check
 
 pytest: setup
+	-bash scripts/install_browser.sh $(VENV)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: setup rust-test compile-check pytest
