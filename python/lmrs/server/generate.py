@@ -39,12 +39,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
     start = req.sequence_start or record is None
     if req.prompt == "" or req.prompt == []:
         ids = []  # only update the session (prefill nothing; generate from its history or end it)
-    elif isinstance(req.prompt, str):
-        messages = [{"role": "user", "content": req.prompt}]
-        ids = state.prompts.continuation(messages, record.ends_with_eos) if not start else state.prompts.conversation(messages)
     else:
-        messages = [m.model_dump(exclude_none=True) for m in req.prompt]
-        ids = state.prompts.continuation(messages, record.ends_with_eos) if not start else state.prompts.conversation(messages)
+        messages = ([{"role": "user", "content": req.prompt}] if isinstance(req.prompt, str)
+                    else [m.model_dump(exclude_none=True) for m in req.prompt])
+        ids = state.prompts.turn(messages, None if start else record)
     if sid is None and not ids:
         raise APIError(400, "prompt: is empty (an empty prompt only makes sense with a session_id)")
 

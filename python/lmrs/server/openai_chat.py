@@ -34,7 +34,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise APIError(400, "n: must be 1 when a session_id is given (a session is one conversation)")
         record = state.sessions.check(sid, key)
         start = req.renew_session or record is None
-        ids = state.prompts.conversation(messages) if start else state.prompts.continuation(messages, record.ends_with_eos)
+        ids = state.prompts.turn(messages, None if start else record)
     else:
         start, record = True, None
         ids = state.prompts.conversation(messages)

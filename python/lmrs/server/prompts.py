@@ -34,9 +34,12 @@ class PromptBuilder:
         except ChatTemplateError as e:
             raise APIError(400, f"messages: the model's chat template rejected them: {e}") from None
 
-    def user_turn(self, text: str) -> list[int]:
-        """A new conversation holding one user message (the /generate string prompt)."""
-        return self.conversation([{"role": "user", "content": text}])
+    def turn(self, messages: list[dict], session=None) -> list[int]:
+        """Tokens for a request: the whole conversation, or (with the session record of a session
+        that continues) only what extends its history."""
+        if session is None:
+            return self.conversation(messages)
+        return self.continuation(messages, session.ends_with_eos)
 
     def continuation(self, messages: list[dict], history_ends_with_eos: bool) -> list[int]:
         """Tokens that extend a session's history with `messages` and a generation prompt."""
