@@ -64,6 +64,7 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "disable-metrics", action="store_true", help="no /metrics route")
     add_flag(p, "seed", type=int, default=None, help="seed of the sampler for unseeded requests")
     add_flag(p, "num-threads", type=int, default=None, help="torch CPU threads")
+    add_flag(p, "enforce-eager", action="store_true", help="CUDA: run every step eagerly (no CUDA graphs)")
     add_flag(p, "log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_flag(p, "log-format", default="text", choices=["text", "json"], help="json: one JSON object per line")
     add_flag(p, "no-progress", action="store_true", help="no progress bar while loading")
@@ -81,7 +82,8 @@ def configs_from_args(args):
         enable_prefix_caching=not args.disable_prefix_caching, max_model_len=args.max_model_len,
         session_len=args.session_len, max_sessions=args.max_sessions,
         session_idle_timeout_s=args.session_idle_timeout, seed=args.seed, tp=args.tp,
-        progress=not args.no_progress, quantize=args.quantize, num_threads=args.num_threads)
+        progress=not args.no_progress, quantize=args.quantize, num_threads=args.num_threads,
+        cuda_graphs=not args.enforce_eager)
     settings = ServerSettings(
         host=args.server_name, port=args.server_port, model_name=args.model_name or _default_name(args.model),
         api_keys=list(args.api_keys or []), max_body_bytes=args.max_body_bytes,

@@ -26,6 +26,7 @@ class EngineConfig:
     progress: bool = True
     quantize: str = "auto"  # weight-only quantization for small batches on the CPU: auto | none | int8
     num_threads: int | None = None  # torch CPU threads (default: all cores)
+    cuda_graphs: bool = True  # on CUDA: replay captured graphs for decode steps (False: always eager)
 
     def validate(self) -> None:
         def positive(name):
