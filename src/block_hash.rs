@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn chain_depends_on_parent() {
         let blk = [5u32, 6, 7, 8];
-        assert_ne!(hash_block(ROOT_HASH, &blk), hash_block(hash_block(ROOT_HASH, &blk), &blk));
+        assert_ne!(
+            hash_block(ROOT_HASH, &blk),
+            hash_block(hash_block(ROOT_HASH, &blk), &blk)
+        );
     }
 
     #[test]
@@ -76,7 +79,10 @@ mod tests {
 
     #[test]
     fn order_and_length_matter() {
-        assert_ne!(hash_block(ROOT_HASH, &[1, 2]), hash_block(ROOT_HASH, &[2, 1]));
+        assert_ne!(
+            hash_block(ROOT_HASH, &[1, 2]),
+            hash_block(ROOT_HASH, &[2, 1])
+        );
         assert_ne!(hash_block(ROOT_HASH, &[1, 0]), hash_block(ROOT_HASH, &[1]));
     }
 }

@@ -51,7 +51,10 @@ pub struct BlockPool {
 impl BlockPool {
     /// A pool of `num_blocks` blocks (block 0 is the null block, so `num_blocks - 1` are usable).
     pub fn new(num_blocks: usize, block_size: usize, caching_enabled: bool) -> Self {
-        assert!(num_blocks >= 2, "the pool needs the null block and at least one usable block");
+        assert!(
+            num_blocks >= 2,
+            "the pool needs the null block and at least one usable block"
+        );
         assert!(num_blocks < NIL as usize, "too many blocks");
         assert!(block_size > 0, "block_size must be positive");
         let meta = BlockMeta {
@@ -202,7 +205,10 @@ impl BlockPool {
     pub fn release(&mut self, ids: &[BlockId]) {
         for &id in ids {
             let m = &mut self.blocks[id as usize];
-            assert!(id != NULL_BLOCK && m.ref_count > 0, "release of a block that is not in use");
+            assert!(
+                id != NULL_BLOCK && m.ref_count > 0,
+                "release of a block that is not in use"
+            );
             m.ref_count -= 1;
             if m.ref_count == 0 {
                 self.push_back(id);
@@ -243,9 +249,18 @@ impl BlockPool {
 
     /// Publish a full, computed block under `hash`. Returns false when caching is off, the
     /// block is already published, or another block already holds this hash (no duplicates).
-    pub fn publish(&mut self, id: BlockId, parent: BlockHash, hash: BlockHash, tokens: &[u32]) -> bool {
+    pub fn publish(
+        &mut self,
+        id: BlockId,
+        parent: BlockHash,
+        hash: BlockHash,
+        tokens: &[u32],
+    ) -> bool {
         debug_assert_eq!(tokens.len(), self.block_size);
-        if !self.caching_enabled || self.blocks[id as usize].hash.is_some() || self.cached.contains_key(&hash) {
+        if !self.caching_enabled
+            || self.blocks[id as usize].hash.is_some()
+            || self.cached.contains_key(&hash)
+        {
             return false;
         }
         let start = id as usize * self.block_size;
@@ -263,7 +278,9 @@ impl BlockPool {
     /// Forget every cached hash held by a free block. Returns how many were dropped.
     pub fn reset_prefix_cache(&mut self) -> usize {
         let free_cached: Vec<BlockId> = (1..self.blocks.len() as u32)
-            .filter(|&id| self.blocks[id as usize].in_free_list && self.blocks[id as usize].hash.is_some())
+            .filter(|&id| {
+                self.blocks[id as usize].in_free_list && self.blocks[id as usize].hash.is_some()
+            })
             .collect();
         for &id in &free_cached {
             self.unpublish(id);
@@ -278,7 +295,8 @@ impl BlockPool {
             return Err("expected_refs has the wrong length".into());
         }
         let null = &self.blocks[NULL_BLOCK as usize];
-        if null.in_free_list || null.ref_count != 0 || null.hash.is_some() || expected_refs[0] != 0 {
+        if null.in_free_list || null.ref_count != 0 || null.hash.is_some() || expected_refs[0] != 0
+        {
             return Err("the null block was handed out, listed as free or published".into());
         }
         // Walk the free list: a proper list, no duplicates, only ref-0 blocks.
@@ -315,16 +333,24 @@ impl BlockPool {
         for id in 1..n {
             let m = &self.blocks[id];
             if m.ref_count != expected_refs[id] {
-                return Err(format!("block {id}: ref count {} but {} holders", m.ref_count, expected_refs[id]));
+                return Err(format!(
+                    "block {id}: ref count {} but {} holders",
+                    m.ref_count, expected_refs[id]
+                ));
             }
             // Partition: free iff ref 0.
             if (m.ref_count == 0) != seen[id] {
-                return Err(format!("block {id}: ref count {} but in_free_list={}", m.ref_count, seen[id]));
+                return Err(format!(
+                    "block {id}: ref count {} but in_free_list={}",
+                    m.ref_count, seen[id]
+                ));
             }
         }
         for (h, &id) in &self.cached {
             if self.blocks[id as usize].hash != Some(*h) {
-                return Err(format!("hash map entry for block {id} does not match the block's hash"));
+                return Err(format!(
+                    "hash map entry for block {id} does not match the block's hash"
+                ));
             }
         }
         let published = self.blocks.iter().filter(|m| m.hash.is_some()).count();

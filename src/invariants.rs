@@ -16,7 +16,11 @@ impl Scheduler {
 
         // Each request is in exactly one state, and the queues hold exactly the known requests.
         let waiting: IdSet<u64> = self.waiting.iter().copied().collect();
-        let running: IdSet<u64> = self.running.iter().map(|&slot| self.seqs.at(slot).id).collect();
+        let running: IdSet<u64> = self
+            .running
+            .iter()
+            .map(|&slot| self.seqs.at(slot).id)
+            .collect();
         if waiting.len() != self.waiting.len() || running.len() != self.running.len() {
             return Err("a request is listed twice in a queue".into());
         }
@@ -32,22 +36,39 @@ impl Scheduler {
             ));
         }
         if self.running.len() > self.cfg.max_num_seqs {
-            return Err(format!("{} running > max_num_seqs {}", self.running.len(), self.cfg.max_num_seqs));
+            return Err(format!(
+                "{} running > max_num_seqs {}",
+                self.running.len(),
+                self.cfg.max_num_seqs
+            ));
         }
         let mut session_owner: IdSet<i64> = IdSet::default();
         for s in self.seqs.values() {
             let id = &s.id;
-            let listed = if waiting.contains(id) { SeqStatus::Waiting } else { SeqStatus::Running };
+            let listed = if waiting.contains(id) {
+                SeqStatus::Waiting
+            } else {
+                SeqStatus::Running
+            };
             if s.status != listed {
-                return Err(format!("request {id} has status {:?} but is listed as {listed:?}", s.status));
+                return Err(format!(
+                    "request {id} has status {:?} but is listed as {listed:?}",
+                    s.status
+                ));
             }
             if s.num_computed > s.tokens.len() {
-                return Err(format!("request {id} computed {} of {} tokens", s.num_computed, s.tokens.len()));
+                return Err(format!(
+                    "request {id} computed {} of {} tokens",
+                    s.num_computed,
+                    s.tokens.len()
+                ));
             }
             if s.status == SeqStatus::Waiting && !s.blocks.is_empty() {
                 return Err(format!("waiting request {id} holds blocks"));
             }
-            if self.in_flight.is_none() && s.blocks.len() != Sequence::blocks_for(s.num_computed, bs) {
+            if self.in_flight.is_none()
+                && s.blocks.len() != Sequence::blocks_for(s.num_computed, bs)
+            {
                 return Err(format!(
                     "request {id} holds {} blocks for {} computed tokens",
                     s.blocks.len(),
@@ -62,9 +83,14 @@ impl Scheduler {
                     if !session_owner.insert(sid) {
                         return Err(format!("session {sid} has two running turns"));
                     }
-                    let sess = self.sessions.get(sid).ok_or(format!("request {id}'s session {sid} is gone"))?;
+                    let sess = self
+                        .sessions
+                        .get(sid)
+                        .ok_or(format!("request {id}'s session {sid} is gone"))?;
                     if sess.active != Some(*id) {
-                        return Err(format!("session {sid} does not point back at its turn {id}"));
+                        return Err(format!(
+                            "session {sid} does not point back at its turn {id}"
+                        ));
                     }
                 }
             }
@@ -78,10 +104,18 @@ impl Scheduler {
         for (sid, sess) in self.sessions.iter() {
             if let Some(a) = sess.active {
                 if !self.seqs.contains_key(&a) || !sess.blocks.is_empty() {
-                    return Err(format!("session {sid} is active for {a} but the turn is missing or blocks stayed"));
+                    return Err(format!(
+                        "session {sid} is active for {a} but the turn is missing or blocks stayed"
+                    ));
                 }
-            } else if sess.blocks.len() != Sequence::blocks_for(sess.num_computed, bs) || sess.num_computed > sess.tokens.len() {
-                return Err(format!("idle session {sid} holds {} blocks for {} computed tokens", sess.blocks.len(), sess.num_computed));
+            } else if sess.blocks.len() != Sequence::blocks_for(sess.num_computed, bs)
+                || sess.num_computed > sess.tokens.len()
+            {
+                return Err(format!(
+                    "idle session {sid} holds {} blocks for {} computed tokens",
+                    sess.blocks.len(),
+                    sess.num_computed
+                ));
             }
             for &b in &sess.blocks {
                 refs[b as usize] += 1;
@@ -95,7 +129,11 @@ impl Scheduler {
     pub fn check_plan(&self, plan: &StepPlan) -> Result<(), String> {
         let bs = self.cfg.block_size;
         if plan.num_tokens() > self.cfg.max_num_batched_tokens {
-            return Err(format!("plan has {} tokens > budget {}", plan.num_tokens(), self.cfg.max_num_batched_tokens));
+            return Err(format!(
+                "plan has {} tokens > budget {}",
+                plan.num_tokens(),
+                self.cfg.max_num_batched_tokens
+            ));
         }
         if plan.num_rows() > self.cfg.max_num_seqs {
             return Err("plan has more rows than max_num_seqs".into());
@@ -106,26 +144,39 @@ impl Scheduler {
         }
         for r in 0..plan.num_rows() {
             let id = plan.req_ids[r];
-            let s = self.seqs.get(&id).ok_or(format!("planned request {id} is unknown"))?;
+            let s = self
+                .seqs
+                .get(&id)
+                .ok_or(format!("planned request {id} is unknown"))?;
             if s.status != SeqStatus::Running {
                 return Err(format!("planned request {id} is not running"));
             }
-            let (a, b) = (plan.query_start_loc[r] as usize, plan.query_start_loc[r + 1] as usize);
+            let (a, b) = (
+                plan.query_start_loc[r] as usize,
+                plan.query_start_loc[r + 1] as usize,
+            );
             if b <= a {
                 return Err(format!("row {r} has no tokens"));
             }
             for t in a..b {
                 let pos = plan.positions[t] as usize;
                 if pos >= s.tokens.len() || plan.input_ids[t] as u32 != s.tokens[pos] {
-                    return Err(format!("row {r} token {t} does not match the sequence at position {pos}"));
+                    return Err(format!(
+                        "row {r} token {t} does not match the sequence at position {pos}"
+                    ));
                 }
                 let want = s.blocks[pos / bs] as usize * bs + pos % bs;
                 if plan.slot_mapping[t] as usize != want {
-                    return Err(format!("row {r} position {pos}: slot {} but the owned slot is {want}", plan.slot_mapping[t]));
+                    return Err(format!(
+                        "row {r} position {pos}: slot {} but the owned slot is {want}",
+                        plan.slot_mapping[t]
+                    ));
                 }
                 let owned = s.blocks[pos / bs];
                 if self.pool.ref_count(owned) > 1 || self.pool.is_published(owned) {
-                    return Err(format!("row {r} writes into shared or published block {owned}"));
+                    return Err(format!(
+                        "row {r} writes into shared or published block {owned}"
+                    ));
                 }
             }
             if plan.seq_lens[r] as usize != plan.positions[b - 1] as usize + 1 {

@@ -3,16 +3,18 @@
 
 pub mod block_hash;
 pub mod block_pool;
+pub mod cpu_kernels;
 pub mod id_map;
 pub mod invariants;
 pub mod plan;
+mod py_core;
+mod py_kernels;
 pub mod schedule_step;
 pub mod scheduler;
 pub mod seq_table;
 pub mod sequence;
 pub mod session;
 pub mod update_step;
-mod py_core;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +24,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_core::register(m)?;
+    py_kernels::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -5,7 +5,6 @@
 use crate::block_pool::NULL_BLOCK;
 use crate::sequence::{RequestId, Sequence};
 
-
 /// One scheduled row: `take` tokens of request `id`, starting at position `start`.
 #[derive(Clone, Copy, Debug)]
 pub struct Row {
@@ -91,7 +90,11 @@ impl StepPlan {
     }
 
     /// Build the arrays from scheduled rows; `seq_of` resolves a request id.
-    pub fn build<'a>(rows: &mut Vec<Row>, block_size: usize, seq_of: impl Fn(usize) -> &'a Sequence) -> StepPlan {
+    pub fn build<'a>(
+        rows: &mut Vec<Row>,
+        block_size: usize,
+        seq_of: impl Fn(usize) -> &'a Sequence,
+    ) -> StepPlan {
         // Decode rows first (stable), so the runner can slice them off.
         rows.sort_by_key(|r| r.take != 1);
         let n_rows = rows.len();

@@ -17,19 +17,28 @@ fn value_err(msg: String) -> PyErr {
 /// Read a 1-D sequence of non-negative integer ids from a numpy array (any int dtype) or a list.
 fn extract_ids(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
-        return Ok(a.as_slice().map(|s| s.to_vec()).unwrap_or_else(|_| a.as_array().to_vec()));
+        return Ok(a
+            .as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|_| a.as_array().to_vec()));
     }
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i32>>() {
         return Ok(a.as_array().iter().map(|&x| x as i64).collect());
     }
-    obj.extract::<Vec<i64>>()
-        .map_err(|_| value_err(format!("{what} must be a list or 1-D integer array of token ids")))
+    obj.extract::<Vec<i64>>().map_err(|_| {
+        value_err(format!(
+            "{what} must be a list or 1-D integer array of token ids"
+        ))
+    })
 }
 
 fn to_u32_ids(v: Vec<i64>, what: &str) -> PyResult<Vec<u32>> {
     v.into_iter()
         .enumerate()
-        .map(|(i, t)| u32::try_from(t).map_err(|_| value_err(format!("{what}[{i}] = {t} is not a valid token id"))))
+        .map(|(i, t)| {
+            u32::try_from(t)
+                .map_err(|_| value_err(format!("{what}[{i}] = {t} is not a valid token id")))
+        })
         .collect()
 }
 
@@ -156,7 +165,16 @@ impl PyUpdateResult {
     fn tolist(&self) -> Vec<(u64, i32, u8, i32, i32, i32)> {
         let r = &self.res;
         (0..r.req_ids.len())
-            .map(|i| (r.req_ids[i], r.new_tokens[i], r.finish_reasons[i], r.num_generated[i], r.num_context_tokens[i], r.num_cached_tokens[i]))
+            .map(|i| {
+                (
+                    r.req_ids[i],
+                    r.new_tokens[i],
+                    r.finish_reasons[i],
+                    r.num_generated[i],
+                    r.num_context_tokens[i],
+                    r.num_cached_tokens[i],
+                )
+            })
             .collect()
     }
 }
@@ -192,7 +210,9 @@ impl Core {
             max_sessions,
             session_idle_timeout_s,
         };
-        Ok(Core { inner: Scheduler::new(cfg).map_err(value_err)? })
+        Ok(Core {
+            inner: Scheduler::new(cfg).map_err(value_err)?,
+        })
     }
 
     /// Queue request `request_id` with `prompt_ids` (for a session turn: only the new tokens).
@@ -241,20 +261,36 @@ impl Core {
             seed: seed.map_or(-1, |s| s & i64::MAX),
             logprobs: logprobs.unwrap_or(-1),
         };
-        let stop = StopParams { max_new_tokens, min_new_tokens, stop_token_ids: stop_ids, ignore_eos, session_len };
+        let stop = StopParams {
+            max_new_tokens,
+            min_new_tokens,
+            stop_token_ids: stop_ids,
+            ignore_eos,
+            session_len,
+        };
         let session = match session_id {
             Some(s) if s >= 0 => Some(s),
             _ => None,
         };
         self.inner
-            .add(request_id, prompt, sampling, stop, session, sequence_start, sequence_end)
+            .add(
+                request_id,
+                prompt,
+                sampling,
+                stop,
+                session,
+                sequence_start,
+                sequence_end,
+            )
             .map_err(value_err)
     }
 
     /// Plan the next step (releases the GIL while scheduling).
     fn schedule(&mut self, py: Python<'_>) -> PyResult<PyStepPlan> {
         let inner = &mut self.inner;
-        let plan = py.detach(|| inner.schedule()).map_err(PyRuntimeError::new_err)?;
+        let plan = py
+            .detach(|| inner.schedule())
+            .map_err(PyRuntimeError::new_err)?;
         Ok(PyStepPlan { plan })
     }
 
@@ -269,12 +305,16 @@ impl Core {
     /// Abort a waiting or running request (client gone, cancel, timeout): its blocks go back to
     /// the pool, or stay with its session.
     fn abort(&mut self, request_id: u64) -> PyResult<()> {
-        self.inner.abort(request_id, FinishReason::Abort).map_err(PyKeyError::new_err)
+        self.inner
+            .abort(request_id, FinishReason::Abort)
+            .map_err(PyKeyError::new_err)
     }
 
     /// Finish a request because Python found one of its stop strings.
     fn finish(&mut self, request_id: u64) -> PyResult<()> {
-        self.inner.abort(request_id, FinishReason::StopString).map_err(PyKeyError::new_err)
+        self.inner
+            .abort(request_id, FinishReason::StopString)
+            .map_err(PyKeyError::new_err)
     }
 
     /// End a session: abort its requests and release its blocks. Returns whether it existed.
@@ -292,7 +332,9 @@ impl Core {
 
     /// Raise RuntimeError if any internal invariant is broken (used by tests).
     fn check_invariants(&self) -> PyResult<()> {
-        self.inner.check_invariants().map_err(PyRuntimeError::new_err)
+        self.inner
+            .check_invariants()
+            .map_err(PyRuntimeError::new_err)
     }
 
     /// Counters and gauges: blocks (total/free/used/cached), prefix cache, queues, sessions.
@@ -319,7 +361,15 @@ impl Core {
         d.set_item("prefix_cache_evictions", s.pool.evictions)?;
         d.set_item("preemptions", c.preemptions)?;
         d.set_item("requests_added", c.requests_added)?;
-        let names = ["", "stop", "length", "refused", "abort", "stop_string", "error"];
+        let names = [
+            "",
+            "stop",
+            "length",
+            "refused",
+            "abort",
+            "stop_string",
+            "error",
+        ];
         for (i, n) in names.iter().enumerate().skip(1) {
             d.set_item(format!("finished_{n}"), c.finished[i])?;
         }
@@ -327,8 +377,14 @@ impl Core {
     }
 
     /// State of one request, or None when it is not (or no longer) known.
-    fn request_info<'py>(&self, py: Python<'py>, request_id: u64) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(s) = self.inner.sequence(request_id) else { return Ok(None) };
+    fn request_info<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: u64,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(s) = self.inner.sequence(request_id) else {
+            return Ok(None);
+        };
         let d = PyDict::new(py);
         d.set_item("status", format!("{:?}", s.status).to_lowercase())?;
         d.set_item("num_tokens", s.num_tokens())?;
@@ -344,8 +400,14 @@ impl Core {
     }
 
     /// State of one session, or None.
-    fn session_info<'py>(&self, py: Python<'py>, session_id: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(s) = self.inner.sessions.get(session_id) else { return Ok(None) };
+    fn session_info<'py>(
+        &self,
+        py: Python<'py>,
+        session_id: i64,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(s) = self.inner.sessions.get(session_id) else {
+            return Ok(None);
+        };
         let d = PyDict::new(py);
         d.set_item("history_len", s.tokens.len())?;
         d.set_item("num_computed", s.num_computed)?;

@@ -26,7 +26,10 @@ impl Scheduler {
     /// Plan the next step. Must be followed by `update` before the next `schedule`.
     pub fn schedule(&mut self) -> Result<StepPlan, String> {
         if self.in_flight.is_some() {
-            return Err("schedule() called twice: call update() with the previous plan's samples first".into());
+            return Err(
+                "schedule() called twice: call update() with the previous plan's samples first"
+                    .into(),
+            );
         }
         let now = self.now();
         self.sessions.expire(&mut self.pool, now);
@@ -49,7 +52,13 @@ impl Scheduler {
             let have = s.blocks.len();
             if total <= have {
                 // Fast path (most decode steps): the tokens fit in the blocks it holds.
-                rows.push(Row { id, slot, start: computed, take, sample });
+                rows.push(Row {
+                    id,
+                    slot,
+                    start: computed,
+                    take,
+                    sample,
+                });
                 budget -= take;
                 i += 1;
                 continue;
@@ -79,7 +88,13 @@ impl Scheduler {
             }
             let new_blocks = self.pool.allocate(need).expect("checked free blocks");
             self.seqs.at_mut(slot).blocks.extend(new_blocks);
-            rows.push(Row { id, slot, start: computed, take, sample });
+            rows.push(Row {
+                id,
+                slot,
+                start: computed,
+                take,
+                sample,
+            });
             budget -= take;
             i += 1;
         }
@@ -158,7 +173,14 @@ impl Scheduler {
         let usable = self.pool.num_usable();
         let (session, merged, seq_start, prompt_len, max_new, session_len) = {
             let s = &self.seqs[&id];
-            (s.session, s.merged, s.sequence_start, s.tokens.len(), s.stop.max_new_tokens, s.stop.session_len as usize)
+            (
+                s.session,
+                s.merged,
+                s.sequence_start,
+                s.tokens.len(),
+                s.stop.max_new_tokens,
+                s.stop.session_len as usize,
+            )
         };
         let samples = usize::from(max_new > 0);
 
@@ -172,7 +194,8 @@ impl Scheduler {
                 return Admission::Finished;
             }
             if total == 0 && max_new > 0 {
-                let msg = "the session is empty and the prompt is empty: nothing to generate from".to_string();
+                let msg = "the session is empty and the prompt is empty: nothing to generate from"
+                    .to_string();
                 self.finish_with_event(id, FinishReason::Error, -1, Some(msg));
                 return Admission::Finished;
             }
@@ -217,19 +240,30 @@ impl Scheduler {
         } else {
             let sid = session.unwrap();
             match self.sessions.get(sid) {
-                Some(sess) => (sess.tokens.len() + prompt_len, sess.blocks.len(), sess.num_computed),
+                Some(sess) => (
+                    sess.tokens.len() + prompt_len,
+                    sess.blocks.len(),
+                    sess.num_computed,
+                ),
                 None => (prompt_len, 0, 0),
             }
         };
         let tokens: Vec<u32> = if merged {
             self.seqs[&id].tokens.clone()
         } else {
-            let sess_tokens = self.sessions.get(session.unwrap()).map_or(&[][..], |s| &s.tokens[..]);
+            let sess_tokens = self
+                .sessions
+                .get(session.unwrap())
+                .map_or(&[][..], |s| &s.tokens[..]);
             [sess_tokens, &self.seqs[&id].tokens[..]].concat()
         };
         debug_assert_eq!(tokens.len(), tokens_len);
         // A sampling request must compute at least its last token to get logits.
-        let limit = if samples > 0 { tokens_len.saturating_sub(1) } else { tokens_len };
+        let limit = if samples > 0 {
+            tokens_len.saturating_sub(1)
+        } else {
+            tokens_len
+        };
 
         let mut attempt = 0;
         loop {
@@ -251,12 +285,16 @@ impl Scheduler {
             let remaining = tokens_len - computed;
             let take = remaining.min(budget);
             let need = Sequence::blocks_for(computed + take, bs).saturating_sub(held);
-            let revived = hits.iter().filter(|&&b| self.pool.ref_count(b) == 0).count();
+            let revived = hits
+                .iter()
+                .filter(|&&b| self.pool.ref_count(b) == 0)
+                .count();
             if self.pool.num_free() < need + revived {
                 if attempt == 0 {
                     attempt += 1;
                     let exclude = if merged { None } else { session };
-                    self.sessions.evict_idle_blocks(&mut self.pool, need + revived, exclude);
+                    self.sessions
+                        .evict_idle_blocks(&mut self.pool, need + revived, exclude);
                     continue;
                 }
                 return Admission::NoBlocks;
@@ -267,7 +305,9 @@ impl Scheduler {
             let now = self.now();
             if !merged {
                 let sid = session.unwrap();
-                let st = self.sessions.begin_turn(sid, id, false, &mut self.pool, tick, now);
+                let st = self
+                    .sessions
+                    .begin_turn(sid, id, false, &mut self.pool, tick, now);
                 let s = self.seqs.get_mut(&id).unwrap();
                 let prompt = std::mem::take(&mut s.tokens);
                 s.tokens = st.tokens;
@@ -315,7 +355,13 @@ impl Scheduler {
             s.blocks.extend(new_blocks);
             let sample = start + take == s.num_tokens() && samples > 0;
             let slot = self.seqs.slot_of(&id).expect("known request");
-            return Admission::Admitted(Row { id, slot, start, take, sample });
+            return Admission::Admitted(Row {
+                id,
+                slot,
+                start,
+                take,
+                sample,
+            });
         }
     }
 }

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use crate::block_pool::BlockPool;
 use crate::plan::{Row, UpdateResult};
+use crate::seq_table::SeqTable;
 use crate::sequence::{
     FinishReason, RequestId, SamplingParams, SeqStatus, Sequence, SessionId, StopParams,
 };
-use crate::seq_table::SeqTable;
 use crate::session::{SessionTable, TurnState};
 
 /// Static configuration of a `Core`.
@@ -86,10 +86,16 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(cfg: CoreConfig) -> Result<Self, String> {
         if !cfg.block_size.is_power_of_two() || cfg.block_size > 4096 {
-            return Err(format!("block_size must be a power of two up to 4096 (e.g. 16 or 32), got {}", cfg.block_size));
+            return Err(format!(
+                "block_size must be a power of two up to 4096 (e.g. 16 or 32), got {}",
+                cfg.block_size
+            ));
         }
         if cfg.num_blocks < 2 {
-            return Err(format!("num_blocks must be at least 2 (the null block and one usable), got {}", cfg.num_blocks));
+            return Err(format!(
+                "num_blocks must be at least 2 (the null block and one usable), got {}",
+                cfg.num_blocks
+            ));
         }
         if cfg.max_num_seqs == 0 {
             return Err("max_num_seqs must be at least 1".into());
@@ -104,7 +110,10 @@ impl Scheduler {
             return Err("max_model_len must be at least 2".into());
         }
         if let Some(&e) = cfg.eos_token_ids.iter().find(|&&e| e >= cfg.vocab_size) {
-            return Err(format!("eos token id {e} is outside the vocabulary (size {})", cfg.vocab_size));
+            return Err(format!(
+                "eos token id {e} is outside the vocabulary (size {})",
+                cfg.vocab_size
+            ));
         }
         Ok(Scheduler {
             pool: BlockPool::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching),
@@ -163,10 +172,14 @@ impl Scheduler {
         sampling.validate()?;
         let vocab = self.cfg.vocab_size;
         if let Some((i, &t)) = prompt.iter().enumerate().find(|(_, &t)| t >= vocab) {
-            return Err(format!("prompt token {i} has id {t}, outside the vocabulary (size {vocab})"));
+            return Err(format!(
+                "prompt token {i} has id {t}, outside the vocabulary (size {vocab})"
+            ));
         }
         if let Some(&t) = stop.stop_token_ids.iter().find(|&&t| t >= vocab) {
-            return Err(format!("stop token id {t} is outside the vocabulary (size {vocab})"));
+            return Err(format!(
+                "stop token id {t} is outside the vocabulary (size {vocab})"
+            ));
         }
         if stop.session_len == 0 {
             stop.session_len = self.cfg.max_model_len as u32;
@@ -209,7 +222,11 @@ impl Scheduler {
     pub fn abort(&mut self, id: RequestId, reason: FinishReason) -> Result<(), String> {
         let status = match self.seqs.get(&id) {
             Some(s) => s.status,
-            None => return Err(format!("unknown request id {id} (finished, aborted or never added)")),
+            None => {
+                return Err(format!(
+                    "unknown request id {id} (finished, aborted or never added)"
+                ))
+            }
         };
         match status {
             SeqStatus::Waiting => self.waiting.retain(|&w| w != id),
@@ -257,7 +274,9 @@ impl Scheduler {
                     };
                     self.sessions.end_turn(sid, state, tick, now);
                 }
-            } else if seq.sequence_end && matches!(reason, FinishReason::Refused | FinishReason::Error) {
+            } else if seq.sequence_end
+                && matches!(reason, FinishReason::Refused | FinishReason::Error)
+            {
                 // A turn that was refused before it ran but asked to end the session still
                 // ends it (it was not busy, or the turn could not have been considered).
                 self.sessions.remove(sid, &mut self.pool);
@@ -270,7 +289,13 @@ impl Scheduler {
     }
 
     /// Finish a request during scheduling or update and report it with the next update.
-    pub(crate) fn finish_with_event(&mut self, id: RequestId, reason: FinishReason, token: i32, error: Option<String>) {
+    pub(crate) fn finish_with_event(
+        &mut self,
+        id: RequestId,
+        reason: FinishReason,
+        token: i32,
+        error: Option<String>,
+    ) {
         if let Some(s) = self.seqs.get(&id) {
             self.events.push(s, token, reason as u8);
         }

@@ -52,7 +52,10 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -61,20 +64,31 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return Err(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         if !self.presence_penalty.is_finite() || !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(format!("presence_penalty must be in [-2, 2], got {}", self.presence_penalty));
+            return Err(format!(
+                "presence_penalty must be in [-2, 2], got {}",
+                self.presence_penalty
+            ));
         }
         if !self.frequency_penalty.is_finite() || !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(format!("frequency_penalty must be in [-2, 2], got {}", self.frequency_penalty));
+            return Err(format!(
+                "frequency_penalty must be in [-2, 2], got {}",
+                self.frequency_penalty
+            ));
         }
         Ok(())
     }
 
     /// Whether the sampler needs this request's token history (any penalty active).
     pub fn needs_history(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -175,7 +189,11 @@ impl Sequence {
         let full = self.num_computed >> bs.trailing_zeros();
         while self.block_hashes.len() < full {
             let i = self.block_hashes.len();
-            let parent = if i == 0 { ROOT_HASH } else { self.block_hashes[i - 1] };
+            let parent = if i == 0 {
+                ROOT_HASH
+            } else {
+                self.block_hashes[i - 1]
+            };
             let toks = &self.tokens[i * bs..(i + 1) * bs];
             let h = hash_block(parent, toks);
             pool.publish(self.blocks[i], parent, h, toks);
@@ -201,14 +219,38 @@ mod tests {
         let ok = SamplingParams::default();
         assert!(ok.validate().is_ok());
         let bad = [
-            SamplingParams { temperature: -0.1, ..ok.clone() },
-            SamplingParams { temperature: f32::NAN, ..ok.clone() },
-            SamplingParams { top_p: 0.0, ..ok.clone() },
-            SamplingParams { top_p: 1.5, ..ok.clone() },
-            SamplingParams { min_p: -1.0, ..ok.clone() },
-            SamplingParams { repetition_penalty: 0.0, ..ok.clone() },
-            SamplingParams { presence_penalty: 3.0, ..ok.clone() },
-            SamplingParams { frequency_penalty: -2.5, ..ok.clone() },
+            SamplingParams {
+                temperature: -0.1,
+                ..ok.clone()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..ok.clone()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..ok.clone()
+            },
+            SamplingParams {
+                min_p: -1.0,
+                ..ok.clone()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..ok.clone()
+            },
+            SamplingParams {
+                presence_penalty: 3.0,
+                ..ok.clone()
+            },
+            SamplingParams {
+                frequency_penalty: -2.5,
+                ..ok.clone()
+            },
         ];
         for b in bad {
             assert!(b.validate().is_err(), "{b:?} should be invalid");
@@ -240,7 +282,10 @@ mod tests {
         assert_eq!(s.block_hashes.len(), 2);
         assert!(pool.is_published(s.blocks[0]) && pool.is_published(s.blocks[1]));
         assert!(!pool.is_published(s.blocks[2]));
-        assert_eq!(s.block_hashes[1], hash_block(hash_block(ROOT_HASH, &[1, 2]), &[3, 4]));
+        assert_eq!(
+            s.block_hashes[1],
+            hash_block(hash_block(ROOT_HASH, &[1, 2]), &[3, 4])
+        );
         s.release_blocks(&mut pool);
         assert_eq!(pool.num_free(), 7);
         assert_eq!(pool.num_free_cached(), 2);

@@ -50,7 +50,12 @@ pub struct SessionTable {
 
 impl SessionTable {
     pub fn new(max_sessions: usize, idle_timeout_s: f64) -> Self {
-        SessionTable { sessions: IdMap::default(), max_sessions, idle_timeout_s, num_dropped: 0 }
+        SessionTable {
+            sessions: IdMap::default(),
+            max_sessions,
+            idle_timeout_s,
+            num_dropped: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -134,7 +139,12 @@ impl SessionTable {
     /// Release idle sessions' blocks, least recently used first, until `pool` has `needed`
     /// free blocks or no idle session holds blocks. Histories are kept. Returns blocks released.
     /// `exclude` names a session about to be used, whose blocks must stay.
-    pub fn evict_idle_blocks(&mut self, pool: &mut BlockPool, needed: usize, exclude: Option<SessionId>) -> usize {
+    pub fn evict_idle_blocks(
+        &mut self,
+        pool: &mut BlockPool,
+        needed: usize,
+        exclude: Option<SessionId>,
+    ) -> usize {
         if pool.num_free() >= needed {
             return 0;
         }
@@ -212,7 +222,17 @@ mod tests {
         assert!(st.tokens.is_empty());
         assert!(t.is_busy(5));
         let blocks = pool.allocate(2).unwrap();
-        t.end_turn(5, TurnState { tokens: vec![1, 2, 3], num_computed: 3, blocks, block_hashes: vec![] }, 2, 0.0);
+        t.end_turn(
+            5,
+            TurnState {
+                tokens: vec![1, 2, 3],
+                num_computed: 3,
+                blocks,
+                block_hashes: vec![],
+            },
+            2,
+            0.0,
+        );
         assert!(!t.is_busy(5));
         assert_eq!(t.history_len(5, false), 3);
         assert_eq!(t.history_len(5, true), 0);
@@ -233,7 +253,17 @@ mod tests {
             let st = t.begin_turn(sid, sid as u64, true, &mut pool, tick, 0.0);
             drop(st);
             let b = pool.allocate(2).unwrap();
-            t.end_turn(sid, TurnState { tokens: vec![9; 4], num_computed: 4, blocks: b, block_hashes: vec![] }, tick, 0.0);
+            t.end_turn(
+                sid,
+                TurnState {
+                    tokens: vec![9; 4],
+                    num_computed: 4,
+                    blocks: b,
+                    block_hashes: vec![],
+                },
+                tick,
+                0.0,
+            );
         }
         assert_eq!(pool.num_free(), 0);
         assert_eq!(t.evict_idle_blocks(&mut pool, 1, None), 2);

@@ -11,7 +11,12 @@ use crate::sequence::{SamplingParams, StopParams};
 pub(crate) const VOCAB: u32 = 50;
 pub(crate) const EOS: u32 = 0;
 
-pub(crate) fn config(num_blocks: usize, block_size: usize, budget: usize, max_seqs: usize) -> CoreConfig {
+pub(crate) fn config(
+    num_blocks: usize,
+    block_size: usize,
+    budget: usize,
+    max_seqs: usize,
+) -> CoreConfig {
     CoreConfig {
         num_blocks,
         block_size,
@@ -33,15 +38,31 @@ pub(crate) fn next_token(last: i32) -> i64 {
 
 /// Samples for a plan from the fake model.
 pub(crate) fn fake_samples(plan: &StepPlan) -> Vec<i64> {
-    plan.logits_indices.iter().map(|&i| next_token(plan.input_ids[i as usize])).collect()
+    plan.logits_indices
+        .iter()
+        .map(|&i| next_token(plan.input_ids[i as usize]))
+        .collect()
 }
 
 pub(crate) fn stop(max_new: u32) -> StopParams {
-    StopParams { max_new_tokens: max_new, ignore_eos: true, ..Default::default() }
+    StopParams {
+        max_new_tokens: max_new,
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
 
 pub(crate) fn add(s: &mut Scheduler, id: u64, prompt: Vec<u32>, max_new: u32) {
-    s.add(id, prompt, SamplingParams::default(), stop(max_new), None, true, false).unwrap();
+    s.add(
+        id,
+        prompt,
+        SamplingParams::default(),
+        stop(max_new),
+        None,
+        true,
+        false,
+    )
+    .unwrap();
 }
 
 /// One schedule + fake forward + update, with every check.
@@ -55,7 +76,10 @@ pub(crate) fn step(s: &mut Scheduler) -> (StepPlan, UpdateResult) {
 }
 
 /// Run until nothing is left; returns each request's generated tokens and finish reason.
-pub(crate) fn run_all(s: &mut Scheduler, max_steps: usize) -> std::collections::HashMap<u64, (Vec<i32>, u8)> {
+pub(crate) fn run_all(
+    s: &mut Scheduler,
+    max_steps: usize,
+) -> std::collections::HashMap<u64, (Vec<i32>, u8)> {
     let mut out: std::collections::HashMap<u64, (Vec<i32>, u8)> = Default::default();
     for _ in 0..max_steps {
         if !s.has_unfinished() {
@@ -64,13 +88,19 @@ pub(crate) fn run_all(s: &mut Scheduler, max_steps: usize) -> std::collections::
         let (_, res) = step(s);
         collect(&mut out, &res);
     }
-    assert!(!s.has_unfinished(), "workload did not finish in {max_steps} steps");
+    assert!(
+        !s.has_unfinished(),
+        "workload did not finish in {max_steps} steps"
+    );
     let (_, res) = step(s); // drain finish-only events
     collect(&mut out, &res);
     out
 }
 
-pub(crate) fn collect(out: &mut std::collections::HashMap<u64, (Vec<i32>, u8)>, res: &UpdateResult) {
+pub(crate) fn collect(
+    out: &mut std::collections::HashMap<u64, (Vec<i32>, u8)>,
+    res: &UpdateResult,
+) {
     for i in 0..res.req_ids.len() {
         let e = out.entry(res.req_ids[i]).or_default();
         if res.new_tokens[i] >= 0 {

@@ -21,12 +21,21 @@ impl Scheduler {
         if sampled.len() != flight.num_sampled {
             let n = flight.num_sampled;
             self.in_flight = Some(flight);
-            return Err(format!("update() got {} sampled ids but the plan has {n} sampled rows", sampled.len()));
+            return Err(format!(
+                "update() got {} sampled ids but the plan has {n} sampled rows",
+                sampled.len()
+            ));
         }
         let vocab = self.cfg.vocab_size as i64;
-        if let Some((i, &t)) = sampled.iter().enumerate().find(|(_, &t)| t < 0 || t >= vocab) {
+        if let Some((i, &t)) = sampled
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t < 0 || t >= vocab)
+        {
             self.in_flight = Some(flight);
-            return Err(format!("sampled id {t} at row {i} is outside the vocabulary (size {vocab})"));
+            return Err(format!(
+                "sampled id {t} at row {i} is outside the vocabulary (size {vocab})"
+            ));
         }
 
         let mut out = std::mem::take(&mut self.events);
@@ -40,11 +49,16 @@ impl Scheduler {
                 None
             };
             // Aborted while in flight: its row is ignored.
-            let Some(s) = self.seqs.at_if(row.slot, row.id) else { continue };
+            let Some(s) = self.seqs.at_if(row.slot, row.id) else {
+                continue;
+            };
             if s.num_computed != row.start {
                 continue; // preempted or reset since it was planned
             }
-            let context_before = s.num_context_tokens.saturating_sub(s.num_computed).min(row.take);
+            let context_before = s
+                .num_context_tokens
+                .saturating_sub(s.num_computed)
+                .min(row.take);
             s.num_computed += row.take;
             self.counters.prompt_tokens_computed += context_before as u64;
             s.publish_full_blocks(&mut self.pool);
@@ -57,23 +71,32 @@ impl Scheduler {
                         || (!s.stop.ignore_eos && self.cfg.eos_token_ids.contains(&t));
                     if is_stop_id && generated > s.stop.min_new_tokens {
                         Some(FinishReason::Stop)
-                    } else if generated >= s.stop.max_new_tokens || s.tokens.len() >= s.stop.session_len as usize {
+                    } else if generated >= s.stop.max_new_tokens
+                        || s.tokens.len() >= s.stop.session_len as usize
+                    {
                         Some(FinishReason::Length)
                     } else {
                         None
                     }
                 }
-                None if s.stop.max_new_tokens == 0 && s.num_computed == s.tokens.len() => Some(FinishReason::Length),
+                None if s.stop.max_new_tokens == 0 && s.num_computed == s.tokens.len() => {
+                    Some(FinishReason::Length)
+                }
                 None => None,
             };
-            out.push(s, token.map_or(-1, |t| t as i32), reason.map_or(0, |r| r as u8));
+            out.push(
+                s,
+                token.map_or(-1, |t| t as i32),
+                reason.map_or(0, |r| r as u8),
+            );
             if let Some(r) = reason {
                 finished.push((row.id, row.slot, r));
             }
         }
         if !finished.is_empty() {
             if finished.len() <= 8 {
-                self.running.retain(|slot| !finished.iter().any(|(_, f, _)| f == slot));
+                self.running
+                    .retain(|slot| !finished.iter().any(|(_, f, _)| f == slot));
             } else {
                 let done: IdSet<usize> = finished.iter().map(|&(_, slot, _)| slot).collect();
                 self.running.retain(|slot| !done.contains(slot));

@@ -11,7 +11,14 @@ const TINY_VOCAB: u32 = 4;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Add { prompt: Vec<u32>, max_new: u32, session: Option<i64>, start: bool, end: bool, ignore_eos: bool },
+    Add {
+        prompt: Vec<u32>,
+        max_new: u32,
+        session: Option<i64>,
+        start: bool,
+        end: bool,
+        ignore_eos: bool,
+    },
     Step,
     Abort(usize),
     StopString(usize),
@@ -44,20 +51,31 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn cfg() -> impl Strategy<Value = CoreConfig> {
-    (3usize..24, prop_oneof![Just(1usize), Just(2), Just(4), Just(8)], 1usize..40, 1usize..6, any::<bool>(), 6usize..64, 0usize..3).prop_map(
-        |(num_blocks, block_size, budget, max_seqs, caching, max_len, max_sessions)| CoreConfig {
-            num_blocks,
-            block_size,
-            max_num_seqs: max_seqs,
-            max_num_batched_tokens: budget,
-            enable_prefix_caching: caching,
-            vocab_size: TINY_VOCAB,
-            eos_token_ids: vec![0],
-            max_model_len: max_len,
-            max_sessions,
-            session_idle_timeout_s: 0.0,
-        },
+    (
+        3usize..24,
+        prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
+        1usize..40,
+        1usize..6,
+        any::<bool>(),
+        6usize..64,
+        0usize..3,
     )
+        .prop_map(
+            |(num_blocks, block_size, budget, max_seqs, caching, max_len, max_sessions)| {
+                CoreConfig {
+                    num_blocks,
+                    block_size,
+                    max_num_seqs: max_seqs,
+                    max_num_batched_tokens: budget,
+                    enable_prefix_caching: caching,
+                    vocab_size: TINY_VOCAB,
+                    eos_token_ids: vec![0],
+                    max_model_len: max_len,
+                    max_sessions,
+                    session_idle_timeout_s: 0.0,
+                }
+            },
+        )
 }
 
 /// Tiny fake model over a 4-token vocabulary: it emits EOS (0) now and then.
@@ -84,7 +102,10 @@ fn step(s: &mut Scheduler) {
 
 /// 400 cases by default; `LMRS_PROPTEST_CASES=N` for a longer run.
 fn cases() -> u32 {
-    std::env::var("LMRS_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
+    std::env::var("LMRS_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
 }
 
 fn live_ids(s: &Scheduler) -> Vec<u64> {

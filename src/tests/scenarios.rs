@@ -3,7 +3,9 @@ use crate::scheduler::CoreConfig;
 use crate::sequence::FinishReason;
 
 fn prompt(len: usize, seed: u32) -> Vec<u32> {
-    (0..len as u32).map(|i| (i * 13 + seed * 7) % (VOCAB - 1) + 1).collect()
+    (0..len as u32)
+        .map(|i| (i * 13 + seed * 7) % (VOCAB - 1) + 1)
+        .collect()
 }
 
 #[test]
@@ -76,7 +78,11 @@ fn prefix_cache_reuses_full_blocks() {
     run_all(&mut s, 20);
     add(&mut s, 4, pr2.clone(), 1);
     let (p, _) = step(&mut s);
-    assert_eq!(p.num_tokens(), 4, "capped: the last block is recomputed for logits");
+    assert_eq!(
+        p.num_tokens(),
+        4,
+        "capped: the last block is recomputed for logits"
+    );
     let _ = run_all(&mut s, 20);
 
     // switched off: everything is recomputed
@@ -90,8 +96,25 @@ fn prefix_cache_reuses_full_blocks() {
     assert_eq!(p.num_tokens(), 10);
 }
 
-fn add_turn(s: &mut Scheduler, id: u64, sid: i64, pr: Vec<u32>, max_new: u32, start: bool, end: bool) {
-    s.add(id, pr, SamplingParams::default(), stop(max_new), Some(sid), start, end).unwrap();
+fn add_turn(
+    s: &mut Scheduler,
+    id: u64,
+    sid: i64,
+    pr: Vec<u32>,
+    max_new: u32,
+    start: bool,
+    end: bool,
+) {
+    s.add(
+        id,
+        pr,
+        SamplingParams::default(),
+        stop(max_new),
+        Some(sid),
+        start,
+        end,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -102,11 +125,18 @@ fn session_second_turn_computes_only_new_tokens() {
     assert_eq!(out[&1].0.len(), 4);
     let info = s.sessions.get(7).unwrap();
     assert_eq!(info.tokens.len(), 13);
-    assert_eq!(info.num_computed, 12, "the last sampled token is not computed yet");
+    assert_eq!(
+        info.num_computed, 12,
+        "the last sampled token is not computed yet"
+    );
     let before = s.counters.prompt_tokens_computed;
     add_turn(&mut s, 2, 7, prompt(5, 2), 3, false, false);
     let (p, _) = step(&mut s);
-    assert_eq!(p.num_tokens(), 6, "the 5 new tokens and the last sampled one");
+    assert_eq!(
+        p.num_tokens(),
+        6,
+        "the 5 new tokens and the last sampled one"
+    );
     run_all(&mut s, 20);
     assert_eq!(s.counters.prompt_tokens_computed - before, 6);
     assert_eq!(s.sessions.get(7).unwrap().tokens.len(), 21);
@@ -213,7 +243,11 @@ fn request_that_can_never_fit_fails_clearly() {
     add(&mut s, 2, prompt(10, 2), 100);
     let out = run_all(&mut s, 100);
     assert_eq!(out[&2].1, FinishReason::Length as u8);
-    assert_eq!(out[&2].0.len(), 7, "16 KV slots: tokens 11..=16 computed, the 17th is the last sampled");
+    assert_eq!(
+        out[&2].0.len(),
+        7,
+        "16 KV slots: tokens 11..=16 computed, the 17th is the last sampled"
+    );
 }
 
 #[test]
@@ -227,7 +261,10 @@ fn idle_session_blocks_are_evicted_but_history_survives() {
     assert_eq!(out[&2].0.len(), 4);
     let sess = s.sessions.get(1).unwrap();
     assert_eq!(sess.tokens.len(), 16);
-    assert!(sess.blocks.is_empty(), "the idle session's blocks were evicted");
+    assert!(
+        sess.blocks.is_empty(),
+        "the idle session's blocks were evicted"
+    );
     // the next turn recomputes what was lost and continues the same history
     add_turn(&mut s, 3, 1, prompt(3, 3), 2, false, false);
     let out = run_all(&mut s, 40);
@@ -241,25 +278,80 @@ fn eos_and_stop_ids_and_min_tokens() {
     let t = next_token(2) as u32;
     let mut st = stop(10);
     st.stop_token_ids = vec![t];
-    s.add(1, vec![5, 2], SamplingParams::default(), st.clone(), None, true, false).unwrap();
+    s.add(
+        1,
+        vec![5, 2],
+        SamplingParams::default(),
+        st.clone(),
+        None,
+        true,
+        false,
+    )
+    .unwrap();
     let out = run_all(&mut s, 20);
     assert_eq!(out[&1], (vec![t as i32], FinishReason::Stop as u8));
     st.min_new_tokens = 1;
-    s.add(2, vec![5, 2], SamplingParams::default(), st, None, true, false).unwrap();
+    s.add(
+        2,
+        vec![5, 2],
+        SamplingParams::default(),
+        st,
+        None,
+        true,
+        false,
+    )
+    .unwrap();
     let out = run_all(&mut s, 20);
-    assert_eq!(out[&2].0.len(), 10, "the stop id is ignored as the first token and never produced again");
+    assert_eq!(
+        out[&2].0.len(),
+        10,
+        "the stop id is ignored as the first token and never produced again"
+    );
 }
 
 #[test]
 fn invalid_calls_change_nothing() {
     let mut s = new_sched(config(16, 4, 64, 8));
-    assert!(s.add(1, vec![VOCAB], SamplingParams::default(), stop(2), None, true, false).is_err());
-    let bad = SamplingParams { top_p: 0.0, ..Default::default() };
+    assert!(s
+        .add(
+            1,
+            vec![VOCAB],
+            SamplingParams::default(),
+            stop(2),
+            None,
+            true,
+            false
+        )
+        .is_err());
+    let bad = SamplingParams {
+        top_p: 0.0,
+        ..Default::default()
+    };
     assert!(s.add(1, vec![1], bad, stop(2), None, true, false).is_err());
-    assert!(s.add(1, vec![], SamplingParams::default(), stop(2), None, true, false).is_err());
+    assert!(s
+        .add(
+            1,
+            vec![],
+            SamplingParams::default(),
+            stop(2),
+            None,
+            true,
+            false
+        )
+        .is_err());
     assert!(!s.has_unfinished());
     add(&mut s, 1, vec![1, 2], 3);
-    assert!(s.add(1, vec![1], SamplingParams::default(), stop(2), None, true, false).is_err());
+    assert!(s
+        .add(
+            1,
+            vec![1],
+            SamplingParams::default(),
+            stop(2),
+            None,
+            true,
+            false
+        )
+        .is_err());
     let plan = s.schedule().unwrap();
     assert!(s.schedule().is_err());
     assert!(s.update(&[]).is_err());
@@ -288,10 +380,16 @@ fn max_num_seqs_caps_running() {
 #[ignore]
 fn sched_cost() {
     let n = 256;
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let (mut ts, mut tu) = (vec![], vec![]);
     for _ in 0..rounds {
-        let mut s = new_sched(CoreConfig { max_model_len: 1 << 20, ..config(n * 40 + 1, 16, 8192, n) });
+        let mut s = new_sched(CoreConfig {
+            max_model_len: 1 << 20,
+            ..config(n * 40 + 1, 16, 8192, n)
+        });
         for i in 0..n as u64 {
             add(&mut s, i, prompt(448, i as u32), 1 << 30);
         }
@@ -312,5 +410,9 @@ fn sched_cost() {
     }
     ts.sort();
     tu.sort();
-    eprintln!("schedule {} us, update {} us", ts[ts.len() / 2] as f64 / 1e3, tu[tu.len() / 2] as f64 / 1e3);
+    eprintln!(
+        "schedule {} us, update {} us",
+        ts[ts.len() / 2] as f64 / 1e3,
+        tu[tu.len() / 2] as f64 / 1e3
+    );
 }

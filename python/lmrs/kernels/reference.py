@@ -110,6 +110,30 @@ def reshape_and_cache(
     v_cache.view(nb * bs, hk, d).index_copy_(0, slots, value.to(v_cache.dtype))
 
 
+def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
+                               is_neox: bool, k_cache, v_cache, slot_mapping) -> None:
+    """qkv [T, (Hq + 2 Hk) * D] = [q | k | v] (the fused projection's output): `rotary_embedding`
+    of q (in place) and k, then `reshape_and_cache` of k and v. The k columns afterwards are
+    unspecified (backends may leave them unrotated). Optional: the model composes the two calls
+    itself for a backend without it."""
+    t = qkv.shape[0]
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q = qkv[:, :q_size].contiguous()
+    k = qkv[:, q_size : q_size + kv_size].contiguous()
+    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox)
+    qkv[:, :q_size] = q
+    reshape_and_cache(k.view(t, num_kv_heads, head_dim), qkv[:, q_size + kv_size :].reshape(t, num_kv_heads, head_dim),
+                      k_cache, v_cache, slot_mapping)
+
+
+def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, head_f32: torch.Tensor, k: int) -> torch.Tensor:
+    """In place: the `k` largest logits of each row of `logits` [R, V] (float32) recomputed as
+    hidden [R, H] @ head_f32[id] in float32; returns logits. Optional, like the above."""
+    top = logits.topk(min(int(k), logits.shape[1]), dim=-1).indices  # [R, K]
+    exact = torch.einsum("rh,rkh->rk", hidden.float(), head_f32[top])
+    return logits.scatter_(1, top, exact)
+
+
 def _gather_context(cache: torch.Tensor, block_row: torch.Tensor, length: int) -> torch.Tensor:
     """[length, Hk, D] of one row's context, read through its block table row."""
     bs = cache.shape[1]

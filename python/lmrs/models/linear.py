@@ -6,7 +6,7 @@ splits its input features and all-reduces its output (o_proj, down_proj). With `
 is what `--tp N` will use once the rank processes exist.
 
 Each layer can also hold a weight-only quantized copy for small batches (`lmrs.models.quant`),
-picked per call by the number of rows.
+picked per call by the number of rows; the Rust twins take float32 activations.
 """
 
 from __future__ import annotations
@@ -64,10 +64,18 @@ class Linear:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
+    def accepts_float32(self, rows: int) -> bool:
+        """Whether a product of `rows` rows runs on a quantized twin that takes float32
+        activations (and then returns float32)."""
+        q = self.quantized
+        return q is not None and rows <= self.quantized_max_rows and q.accepts_float32
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized is not None and x.shape[0] <= self.quantized_max_rows:
-            y = self.quantized(x)
-            return y if self.bias is None else y + self.bias
+        q = self.quantized
+        if q is not None and x.shape[0] <= self.quantized_max_rows:
+            return q(x)  # the twin adds the bias
+        if x.dtype != self.weight.dtype:
+            x = x.to(self.weight.dtype)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)

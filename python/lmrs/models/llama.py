@@ -9,7 +9,9 @@ interface; matrix products stay with PyTorch.
 Precision: float32 everywhere reproduces Hugging Face float32 exactly. With bfloat16 / float16 the
 weights and matrix products use that dtype, but the residual stream, RMSNorm, RoPE, softmax and
 attention products stay in float32, and the output head's top candidates are recomputed in
-float32 (`compute_logits`), which keeps the first-step log-probabilities within ~0.06 of float32.
+float32 (`compute_logits`). Small batches on the CPU run on quantized twins that reproduce GGUF
+weights exactly and take float32 activations (`lmrs.models.quant`): there every activation is
+float32 and only the KV cache is 16-bit.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class DecoderLayer:
         def src(name):  # the checkpoint tensor (kept as `.source` for weight-only quantization)
             return w[p + name].to(device=device)
 
-        def get(name):
-            return w[p + name].to(device=device, dtype=dtype)
+        def norm_weight(name):  # float32 on the CPU: the norms compute in float32 anyway
+            return w[p + name].to(device=device, dtype=torch.float32 if device.type == "cpu" else dtype)
 
         def linear(cls, weight, bias=None):
             lin = cls(weight.to(dtype), None if bias is None else bias.to(dtype), ctx)
@@ -50,11 +52,15 @@ class DecoderLayer:
         self.o_proj = linear(RowParallelLinear, src("self_attn.o_proj.weight"))
         self.gate_up_proj = linear(ColumnParallelLinear, torch.cat([src("mlp.gate_proj.weight"), src("mlp.up_proj.weight")]))
         self.down_proj = linear(RowParallelLinear, src("mlp.down_proj.weight"))
-        self.input_layernorm = get("input_layernorm.weight")
-        self.post_attention_layernorm = get("post_attention_layernorm.weight")
+        self.input_layernorm = norm_weight("input_layernorm.weight")
+        self.post_attention_layernorm = norm_weight("post_attention_layernorm.weight")
 
     def linears(self) -> list[Linear]:
         return [self.qkv_proj, self.o_proj, self.gate_up_proj, self.down_proj]
+
+    def float32_activations(self, rows: int) -> bool:
+        """Whether every product of a `rows`-row step runs on a quantized twin taking float32."""
+        return all(lin.accepts_float32(rows) for lin in self.linears())
 
 
 class LlamaModel:
@@ -92,7 +98,8 @@ class LlamaModel:
             raise ValueError(f"weights are missing {len(missing)} tensors, e.g. {missing[:3]}")
         self.embed_tokens = weights["model.embed_tokens.weight"].to(device=device, dtype=dtype).contiguous()
         self.layers = [DecoderLayer(cfg, weights, i, dtype, self.device, parallel) for i in range(cfg.num_hidden_layers)]
-        self.norm = weights["model.norm.weight"].to(device=device, dtype=dtype)
+        norm_dtype = torch.float32 if self.device.type == "cpu" else dtype
+        self.norm = weights["model.norm.weight"].to(device=device, dtype=norm_dtype)
         if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
             self.lm_head = Linear(self.embed_tokens)
             self.lm_head.source = weights["model.embed_tokens.weight"]
@@ -127,27 +134,23 @@ class LlamaModel:
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm, for every input token."""
         k = self.kernels
-        cd = self.dtype
+        t = input_ids.shape[0]
+        # activation dtype: float32 when every product of this step runs on a float32-capable
+        # quantized twin (small batches), else the model dtype (dense 16-bit products)
+        cd = torch.float32 if self.layers and self.layers[0].float32_activations(t) else self.dtype
         residual = F.embedding(input_ids, self.embed_f32 if self.embed_f32 is not None else self.embed_tokens)
         x = k.rms_norm(residual, self.layers[0].input_layernorm, self.eps, cd) if self.layers else residual
-        t = residual.shape[0]
         last = len(self.layers) - 1
+        fused_rope = getattr(k, "rotary_embedding_and_cache", None)
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv_proj(x)
-            q = qkv[:, : self.q_size]
-            kk = qkv[:, self.q_size : self.q_size + self.kv_size]
-            v = qkv[:, self.q_size + self.kv_size :]
-            q = q.contiguous()
-            kk = kk.contiguous()
-            k.rotary_embedding(positions, q, kk, self.cos_sin_cache, self.head_dim, True)
             k_cache, v_cache = kv_caches[i]
-            k.reshape_and_cache(
-                kk.view(t, self.num_kv_heads, self.head_dim),
-                v.reshape(t, self.num_kv_heads, self.head_dim),
-                k_cache,
-                v_cache,
-                attn.slot_mapping,
-            )
+            if fused_rope is not None:  # q rotated in place, k rotated straight into the cache
+                fused_rope(positions, qkv, self.num_heads, self.num_kv_heads, self.head_dim, self.cos_sin_cache, True,
+                           k_cache, v_cache, attn.slot_mapping)
+                q = qkv[:, : self.q_size]
+            else:
+                q = self._rope_and_cache(positions, qkv, k_cache, v_cache, attn.slot_mapping)
             o = k.paged_attention(
                 q.view(t, self.num_heads, self.head_dim),
                 k_cache,
@@ -169,6 +172,19 @@ class LlamaModel:
                 x, residual = k.fused_add_rms_norm(mlp, residual, self.norm, self.eps, torch.float32)
         return x
 
+    def _rope_and_cache(self, positions, qkv, k_cache, v_cache, slot_mapping) -> torch.Tensor:
+        """RoPE on q and k, then k and v into the paged cache, for backends without the fused
+        `rotary_embedding_and_cache`; returns the rotated q (contiguous)."""
+        k = self.kernels
+        t = qkv.shape[0]
+        q = qkv[:, : self.q_size].contiguous()
+        kk = qkv[:, self.q_size : self.q_size + self.kv_size].contiguous()
+        v = qkv[:, self.q_size + self.kv_size :]
+        k.rotary_embedding(positions, q, kk, self.cos_sin_cache, self.head_dim, True)
+        k.reshape_and_cache(kk.view(t, self.num_kv_heads, self.head_dim), v.reshape(t, self.num_kv_heads, self.head_dim),
+                            k_cache, v_cache, slot_mapping)
+        return q
+
     REFINE_TOP = 32
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -178,9 +194,12 @@ class LlamaModel:
         REFINE_TOP largest logits of each row are recomputed in float32 from float32 weights, so
         the tokens that matter (argmax, top-k, log-probabilities) carry float32 precision.
         """
+        rows = hidden.shape[0]
+        x = hidden.float() if self.lm_head.accepts_float32(rows) else hidden.to(self.dtype)
+        logits = self.lm_head(x).float()
         if self.head_f32 is None:
-            return self.lm_head(hidden.to(self.dtype)).float()
-        logits = self.lm_head(hidden.to(self.dtype)).float()
-        top = logits.topk(min(self.REFINE_TOP, logits.shape[1]), dim=-1).indices  # [rows, K]
-        exact = torch.einsum("rh,rkh->rk", hidden.float(), self.head_f32[top])
-        return logits.scatter_(1, top, exact)
+            return logits
+        refine = getattr(self.kernels, "refine_top_logits", None)
+        if refine is None:
+            from lmrs.kernels.reference import refine_top_logits as refine
+        return refine(logits, hidden.float().contiguous(), self.head_f32, self.REFINE_TOP)

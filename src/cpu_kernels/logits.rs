@@ -1,0 +1,151 @@
+//! Output-head refinement: per row, find the `k` largest approximate logits (from the 16-bit or
+//! 8-bit head) and recompute them exactly in float32 from the float32 head weights, in place.
+//! The tokens that matter (argmax, top-k, log-probabilities) then carry float32 precision.
+
+use super::parallel::{parallel_for, threads_for};
+use super::simd::{Isa, LANES};
+use crate::dispatch;
+
+#[derive(Clone, Copy, Debug)]
+pub struct RefineArgs {
+    pub rows: usize,
+    pub vocab: usize,
+    pub hidden_size: usize,
+    /// float32 [rows, vocab] (row stride `logits_stride`), updated in place
+    pub logits: usize,
+    pub logits_stride: usize,
+    /// float32 [rows, hidden_size] (row stride `hidden_stride`)
+    pub hidden: usize,
+    pub hidden_stride: usize,
+    /// float32 [vocab, hidden_size], contiguous
+    pub head: usize,
+    pub k: usize,
+    pub threads: usize,
+}
+
+/// # Safety
+/// The addresses must hold the tensors described by `a`; `logits` overlaps nothing else.
+pub unsafe fn refine_top_logits(a: &RefineArgs) -> Result<(), String> {
+    if a.k == 0 || a.vocab == 0 || a.rows == 0 {
+        return Ok(());
+    }
+    let args = RefineArgs {
+        k: a.k.min(a.vocab),
+        ..*a
+    };
+    let threads = threads_for(a.rows * a.vocab, a.rows, a.threads);
+    parallel_for(
+        a.rows,
+        threads,
+        |_| 1,
+        move |r| dispatch!(refine_rows(&args, r.start, r.end)),
+    );
+    Ok(())
+}
+
+/// The `k` largest values seen so far (unordered), with the smallest of them as the threshold.
+struct TopK {
+    ids: Vec<u32>,
+    vals: Vec<f32>,
+    at: usize,
+    thr: f32,
+}
+
+impl TopK {
+    fn reset(&mut self, x: &[f32], k: usize) {
+        self.ids.clear();
+        self.vals.clear();
+        for (i, &v) in x.iter().enumerate().take(k) {
+            self.ids.push(i as u32);
+            self.vals
+                .push(if v.is_nan() { f32::NEG_INFINITY } else { v });
+        }
+        self.find_min();
+    }
+
+    fn find_min(&mut self) {
+        let mut at = 0;
+        for (i, &v) in self.vals.iter().enumerate() {
+            if v < self.vals[at] {
+                at = i;
+            }
+        }
+        self.at = at;
+        self.thr = self.vals[at];
+    }
+
+    #[inline(always)]
+    fn consider(&mut self, i: usize, v: f32) {
+        if v > self.thr {
+            self.ids[self.at] = i as u32;
+            self.vals[self.at] = v;
+            self.find_min();
+        }
+    }
+}
+
+/// Indices of the `k` largest values of `x` into `top.ids` (any order; NaNs are never chosen
+/// over numbers).
+#[inline(always)]
+unsafe fn top_k<S: Isa>(x: &[f32], k: usize, top: &mut TopK) {
+    top.reset(x, k);
+    let n = x.len();
+    let mut i = k;
+    // one at a time up to a vector boundary, then 16 at a time against the threshold
+    while i < n && i % LANES != 0 {
+        top.consider(i, x[i]);
+        i += 1;
+    }
+    let p = x.as_ptr();
+    while i + LANES <= n {
+        let m = S::gt_mask(S::load_f32(p.add(i)), S::splat(top.thr));
+        if m != 0 {
+            for b in 0..LANES {
+                if m & (1 << b) != 0 {
+                    top.consider(i + b, x[i + b]);
+                }
+            }
+        }
+        i += LANES;
+    }
+    while i < n {
+        top.consider(i, x[i]);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn refine_rows<S: Isa>(a: &RefineArgs, start: usize, end: usize) {
+    let h = a.hidden_size;
+    let mut top = TopK {
+        ids: Vec::with_capacity(a.k),
+        vals: Vec::with_capacity(a.k),
+        at: 0,
+        thr: 0.0,
+    };
+    for r in start..end {
+        let logits = std::slice::from_raw_parts_mut(
+            (a.logits as *mut f32).add(r * a.logits_stride),
+            a.vocab,
+        );
+        top_k::<S>(logits, a.k, &mut top);
+        let x = (a.hidden as *const f32).add(r * a.hidden_stride);
+        for &id in top.ids.iter() {
+            let w = (a.head as *const f32).add(id as usize * h);
+            let mut acc = S::zero();
+            let mut i = 0;
+            while i + LANES <= h {
+                acc = S::fmadd(S::load_f32(x.add(i)), S::load_f32(w.add(i)), acc);
+                i += LANES;
+            }
+            if i < h {
+                acc = S::fmadd(
+                    S::load_f32_n(x.add(i), h - i),
+                    S::load_f32_n(w.add(i), h - i),
+                    acc,
+                );
+            }
+            logits[id as usize] = S::reduce_add(acc);
+        }
+    }
+}
