@@ -54,11 +54,11 @@ def placeholder_tokenizer(vocab_size: int):
     return Tokenizer(tk, eos_token="w2 ")
 
 
-def bench_lmrs(loaded, batch, prompt_len, new_tokens):
+def bench_lmrs(loaded, batch, prompt_len, new_tokens, cuda_graphs=True):
     from lmrs import Engine, SamplingParams
 
     eng = Engine(loaded=loaded, device="cuda", dtype="bfloat16", max_num_seqs=max(batch, 1),
-                 max_num_batched_tokens=max(8192, batch * prompt_len), progress=False)
+                 max_num_batched_tokens=max(8192, batch * prompt_len), progress=False, cuda_graphs=cuda_graphs)
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(100, 40000, prompt_len).tolist() for _ in range(batch)]
     sp = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
@@ -69,6 +69,8 @@ def bench_lmrs(loaded, batch, prompt_len, new_tokens):
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     n = sum(len(o.token_ids) for o in outs)
+    if cuda_graphs and not eng.engine.runner.graph_steps:
+        print(f"  (batch {batch}: no decode step ran on a CUDA graph; see the log for why)")
     del eng
     torch.cuda.empty_cache()
     return n / dt, dt / new_tokens * 1000
@@ -111,15 +113,19 @@ def main(argv=None):
         return 0
     loaded, name = load_model()
     print(f"model: {name}; GPU: {torch.cuda.get_device_name(0)}; bfloat16; prompt {args.prompt}, new {args.new}")
-    print(f"{'batch':>6} {'lmrs tok/s':>12} {'ms/step':>9} {'HF tok/s':>10} {'ms/step':>9} {'lmrs/HF':>8}")
+    print(f"{'batch':>6} {'lmrs tok/s':>12} {'ms/step':>9} {'eager tok/s':>12} {'graphs/eager':>12} "
+          f"{'HF tok/s':>10} {'ms/step':>9} {'lmrs/HF':>8}")
     rows = []
     for b in args.batches:
         l_tps, l_ms = bench_lmrs(loaded, b, args.prompt, args.new)
+        e_tps, e_ms = bench_lmrs(loaded, b, args.prompt, args.new, cuda_graphs=False)
         hf = bench_transformers(loaded, b, args.prompt, args.new) if os.environ.get("LMRS_HAVE_TRANSFORMERS", "1") != "0" else None
         h_tps, h_ms = hf if hf else (float("nan"), float("nan"))
         ratio = l_tps / h_tps if hf else float("nan")
-        print(f"{b:>6} {l_tps:>12.0f} {l_ms:>9.2f} {h_tps:>10.0f} {h_ms:>9.2f} {ratio:>7.2f}x")
-        rows.append(dict(batch=b, lmrs_tokens_per_s=l_tps, lmrs_ms_per_step=l_ms, hf_tokens_per_s=h_tps,
+        print(f"{b:>6} {l_tps:>12.0f} {l_ms:>9.2f} {e_tps:>12.0f} {l_tps / e_tps:>11.2f}x "
+              f"{h_tps:>10.0f} {h_ms:>9.2f} {ratio:>7.2f}x")
+        rows.append(dict(batch=b, lmrs_tokens_per_s=l_tps, lmrs_ms_per_step=l_ms, eager_tokens_per_s=e_tps,
+                         eager_ms_per_step=e_ms, hf_tokens_per_s=h_tps,
                          hf_ms_per_step=h_ms, ratio=ratio))
     if args.json:
         with open(args.json, "w") as f:

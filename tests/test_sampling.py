@@ -89,6 +89,23 @@ def test_greedy_and_penalties():
     assert s(LOGITS.unsqueeze(0).clone(), plan).token_ids.tolist() == [2]
 
 
+def test_plain_greedy_detection():
+    """The GPU fast path (argmax on the device, only ids copied back) is taken only when nothing
+    but the argmax is needed: any sampled row, logprobs, penalty history or pending min_tokens
+    EOS mask sends the step through the full sampler."""
+    with_eos, no_eos = Sampler(eos_token_ids=[2]), Sampler(eos_token_ids=[])
+    greedy = dict(temperature=0.0)
+    assert with_eos.is_plain_greedy(fake_plan(3, **greedy))
+    assert not with_eos.is_plain_greedy(fake_plan(3, temperature=0.7))
+    assert not with_eos.is_plain_greedy(fake_plan(3, logprobs=0, **greedy))
+    assert not with_eos.is_plain_greedy(fake_plan(3, min_tokens=4, num_generated=1, **greedy))
+    assert with_eos.is_plain_greedy(fake_plan(3, min_tokens=4, num_generated=4, **greedy))
+    assert no_eos.is_plain_greedy(fake_plan(3, min_tokens=4, num_generated=1, **greedy))
+    plan = fake_plan(3, **greedy)
+    plan.history_rows = np.array([1], np.int32)  # a row with a repetition penalty
+    assert not with_eos.is_plain_greedy(plan)
+
+
 def test_seeded_rows_ignore_the_batch():
     s = Sampler(eos_token_ids=[], seed=5)
     logits = torch.randn(1, 1000)

@@ -94,7 +94,12 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
     log.info("KV cache: %d blocks of %d tokens (%.1f MiB, %d tokens), max_model_len %d",
              num_blocks, cfg.block_size, kv.nbytes / 2**20, capacity_tokens, max_model_len)
     sampler = Sampler(mc.eos_token_ids, seed=cfg.seed)
-    runner = ModelRunner(model, kv, sampler)
+    graphs = None
+    if device.startswith("cuda") and cfg.cuda_graphs:
+        from lmrs.worker.cuda_graphs import DecodeGraphs
+
+        graphs = DecodeGraphs(model, kv, cfg.max_num_seqs, max_model_len)
+    runner = ModelRunner(model, kv, sampler, decode_graphs=graphs)
     core = _core.Core(
         num_blocks,
         vocab_size=mc.vocab_size,

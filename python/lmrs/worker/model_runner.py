@@ -30,11 +30,14 @@ class StepOutput:
 class ModelRunner:
     """Runs plans on one model and KV cache."""
 
-    def __init__(self, model, kv_cache: KVCache, sampler: Sampler):
+    def __init__(self, model, kv_cache: KVCache, sampler: Sampler, decode_graphs=None):
         self.model = model
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.device = model.device
+        # CUDA only: replays captured graphs for pure-decode steps (worker/cuda_graphs.py)
+        self.decode_graphs = decode_graphs
+        self.graph_steps = 0  # steps served by graph replay (for stats and tests)
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(arr)
@@ -58,14 +61,32 @@ class ModelRunner:
         plan = PlanView(raw_plan)
         if plan.num_rows == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None)
+        graphs = self.decode_graphs
+        if graphs is not None and not return_hidden and graphs.can_run(plan):
+            try:
+                logits = graphs.run(plan)
+            except Exception:  # noqa: BLE001 - capture failed: DecodeGraphs disabled itself, run eagerly
+                logits = None
+            if logits is not None:
+                self.graph_steps += 1
+                sample = self._sample(logits, plan)
+                return StepOutput(sample.token_ids, sample, None)
         input_ids, positions, attn = self.build_inputs(plan)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
         if plan.num_sampled == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None, hidden if return_hidden else None)
         idx = self._tensor(plan.logits_indices).long()
         logits = self.model.compute_logits(hidden.index_select(0, idx))
-        sample = self.sampler(logits.cpu(), plan)
+        sample = self._sample(logits, plan)
         return StepOutput(sample.token_ids, sample, hidden if return_hidden else None)
+
+    def _sample(self, logits: torch.Tensor, plan: PlanView) -> SampleOutput:
+        """Sample from float32 logits on the model's device. Plain greedy rows on a GPU take the
+        argmax there (only the ids cross to the host: 4 bytes a row instead of 4 x vocab)."""
+        if self.device.type != "cpu" and self.sampler.is_plain_greedy(plan):
+            ids = logits.argmax(dim=-1).cpu().numpy().astype(np.int64, copy=False)
+            return SampleOutput(token_ids=ids)
+        return self.sampler(logits.cpu(), plan)
 
     @torch.inference_mode()
     def logits_for(self, raw_plan) -> torch.Tensor:

@@ -37,6 +37,13 @@ class Sampler:
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.seed()) & 0x7FFF_FFFF)
 
+    def is_plain_greedy(self, plan) -> bool:
+        """Whether every row just takes the argmax: greedy, no logprobs, no penalties, no EOS mask.
+        Then the argmax can run where the logits are (on the GPU) and only the ids travel."""
+        if len(plan.history_rows) or bool((plan.temperature > 0).any()) or bool((plan.logprobs >= 0).any()):
+            return False
+        return not (len(self.eos) and bool((plan.num_generated < plan.min_tokens).any()))
+
     def __call__(self, logits: torch.Tensor, plan) -> SampleOutput:
         """logits: float32 [S, V] (S = the plan's sampled rows, in order)."""
         s = logits.shape[0]
