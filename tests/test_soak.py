@@ -14,7 +14,8 @@ import aiohttp
 from server_utils import ServerProcess
 
 CLIENTS = 64
-ROUND_SECONDS = 40
+ROUND_SECONDS = 30
+ROUNDS = 3
 
 
 def rss_mb(pid):
@@ -122,23 +123,27 @@ def test_soak():
     try:
         total = s.stats()["num_blocks"]
         tally = Tally()
-        asyncio.run(soak_round(s.url, tally))
-        idle1 = s.wait_idle(60)
-        mem1 = rss_mb(s.proc.pid)
-        asyncio.run(soak_round(s.url, tally))
-        idle2 = s.wait_idle(60)
-        mem2 = rss_mb(s.proc.pid)
+        idles, mems = [], []
+        for _ in range(ROUNDS):
+            asyncio.run(soak_round(s.url, tally))
+            idles.append(s.wait_idle(60))
+            time.sleep(2.5)  # the engine gives freed heap pages back after 1 s idle
+            mems.append(rss_mb(s.proc.pid))
         assert not tally.server_errors, tally.server_errors[:3]
         assert not tally.missing_finish, tally.missing_finish[:3]
         assert tally.done > 100 and tally.disconnected > 5, vars(tally)
-        assert idle2["preemptions"] > 0, "the pool was meant to be small enough to force preemption"
-        for idle in (idle1, idle2):
+        assert idles[-1]["preemptions"] > 0, "the pool was meant to be small enough to force preemption"
+        for idle in idles:
             assert idle["blocks_used"] == 0 and idle["blocks_free"] == total, idle
             assert idle["sessions"] == 0
-        assert mem2 - mem1 < 64, (mem1, mem2)
+        # Bounded caches (oneDNN primitives, tokenizer caches, slabs) fill over the first rounds and
+        # heap fragmentation moves the resident size by tens of MB; a leak keeps growing. Measured
+        # here (MB per 30 s round, after the warm-up round): +50..100, +30..55, +12..35, ...
+        growth = [b - a for a, b in zip(mems, mems[1:])]
+        assert growth[-1] < 64 and growth[-1] <= growth[0] + 16, mems
         assert requests_ok(s.url)
         print(f"soak: {tally.done} finished, {tally.disconnected} disconnected, statuses {tally.statuses}, "
-              f"preemptions {idle2['preemptions']}, rss {mem1:.0f} -> {mem2:.0f} MB")
+              f"preemptions {idles[-1]['preemptions']}, rss after each round {[round(m) for m in mems]} MB")
     finally:
         s.stop()
 

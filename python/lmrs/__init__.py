@@ -9,7 +9,15 @@ The Rust core (`lmrs._core`) schedules and allocates KV blocks; Python runs the 
 Heavy imports (torch) happen on first use of `Engine`.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# oneDNN (PyTorch's CPU matmuls) keeps a compiled primitive per (weight shape, row count); a server
+# sees a new row count almost every prefill step, and with oneDNN's default of 1024 cached primitives
+# the process grew by ~250 MB per soak round (each entry holds megabytes). 32 entries hold the
+# five matmul shapes of several row counts; a miss costs far less than a step. Read by oneDNN on its first matmul, so set before any runs (the user's value wins).
+_os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 __all__ = ["Engine", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from lmrs.engine.config import EngineConfig
 from lmrs.engine.llm_engine import LLMEngine, RequestDelta, StepError
+from lmrs.engine.memory import release_free_memory
 from lmrs.engine.params import InvalidParameter, SamplingParams
 
 log = logging.getLogger("lmrs.engine")
@@ -195,10 +196,13 @@ class AsyncEngine:
 
     def _loop_forever(self) -> None:
         llm = self.llm
+        worked_since_trim = False
         while True:
             with self._cv:
                 while not self._cmds and not self._stop and not llm.has_unfinished():
-                    self._cv.wait(timeout=1.0)
+                    if not self._cv.wait(timeout=1.0) and worked_since_trim:
+                        release_free_memory()  # idle for a second after work: give freed pages back
+                        worked_since_trim = False
                 if self._stop:
                     return
                 cmds = list(self._cmds)
@@ -206,6 +210,7 @@ class AsyncEngine:
             early = [d for c in cmds if (d := self._apply(c)) is not None]
             deltas, step_time = early, 0.0
             if llm.has_unfinished():
+                worked_since_trim = True
                 t0 = time.perf_counter()
                 try:
                     deltas = early + llm.step()
