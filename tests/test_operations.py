@@ -157,6 +157,21 @@ def test_second_signal_exits_at_once():
     t.join(30)
 
 
+def test_sigterm_while_the_model_loads_exits_0_cleanly():
+    """A signal during model loading (slowed down here) ends the server at once with status 0,
+    not with an abort from the loading thread."""
+    slow_load = "import time, lmrs.engine.loading as L\n_b = L.build_engine_parts\n" \
+                "L.build_engine_parts = lambda *a, **k: (time.sleep(3), _b(*a, **k))[1]\n"
+    s = ServerProcess("--kv-cache-memory", "64MiB", wait=False, prelude=slow_load)
+    deadline = time.time() + 60
+    while "loading the model" not in s.logs() and time.time() < deadline:
+        time.sleep(0.1)
+    assert requests.get(s.url + "/health/ready", timeout=5).status_code == 503
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0, s.logs()
+    assert "terminate called" not in s.logs() and "stopped before the model finished loading" in s.logs()
+
+
 FAULT = """
 import lmrs.worker.model_runner as mr
 _orig = mr.ModelRunner.execute

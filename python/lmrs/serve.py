@@ -160,6 +160,13 @@ async def run_server(engine_cfg, settings, *, engine_factory=None) -> int:
         if engine.num_unfinished:
             log.warning("grace period over: %d requests still running are cancelled", engine.num_unfinished)
     await runner.cleanup()
+    if not engine.ready.is_set() and engine.error is None:
+        # Stopped while the model was still loading: nothing to drain, and letting the interpreter
+        # tear down under the loading thread (inside PyTorch) aborts with "terminate called ...".
+        log.info("stopped before the model finished loading")
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
