@@ -89,13 +89,14 @@ def test_golden_first_step_top5_bfloat16_on_cuda():
     eng = _golden_engine("bfloat16")
     outs = eng.generate([p["prompt_token_ids"] for p in golden], SamplingParams(temperature=0, max_tokens=1, logprobs=8))
     # The top logits are recomputed in float32 (compute_logits), but the hidden state carries 30
-    # layers of bfloat16 matrix products (cuBLAS): on an H200 the worst log-probability was 0.102
-    # off the float32 reference (the CPU path, with other kernels, stays under 0.1).
+    # layers of bfloat16 matrix products (cuBLAS): on an H200 the worst top-5 log-probability over
+    # the golden prompts was 0.140 off the float32 reference (the CPU path stays under 0.1), so the
+    # bound leaves room for other GPUs' cuBLAS algorithms.
     for o, p in zip(outs, golden):
         ours = dict(o.outputs[0].logprobs[0]["top"])
         ref = p["first_step_top5"]
         for tid, lp in zip(ref["ids"], ref["logprobs"]):
-            assert tid in ours and abs(ours[tid] - lp) < 0.15, (p["id"], tid, ours.get(tid), lp)
+            assert tid in ours and abs(ours[tid] - lp) < 0.2, (p["id"], tid, ours.get(tid), lp)
 
 
 def test_cuda_graph_decode_matches_eager(tmp_path):
