@@ -32,6 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import doc_sections  # noqa: E402
 from bench_serving import PromptMaker, default_gguf, load_tokenizer  # noqa: E402
 
 
@@ -148,16 +149,7 @@ BEGIN, END = "<!-- bench-offline:begin -->", "<!-- bench-offline:end -->"
 
 
 def write_section(path: str, md: str) -> None:
-    old = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
-    block = f"{BEGIN}\n{md.strip()}\n{END}\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
-    elif old:
-        new = old.rstrip("\n") + "\n\n" + block
-    else:
-        new = "# Benchmarks\n\n" + block
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
+    doc_sections.write_section(path, BEGIN, END, md)
 
 
 def main(argv=None) -> int:

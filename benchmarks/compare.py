@@ -43,6 +43,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import bench_serving  # noqa: E402
+import doc_sections  # noqa: E402
 
 BEGIN, END = "<!-- bench-serving:begin -->", "<!-- bench-serving:end -->"
 LLAMA_GOALS = {1: 74, 4: 107, 16: 131, 32: 139}  # the llama-server reference numbers (tok/s)
@@ -306,16 +307,7 @@ def strip(r: dict) -> dict:
 
 
 def write_doc(path: str, section: str) -> None:
-    old = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
-    block = f"{BEGIN}\n{section.strip()}\n{END}\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
-    elif old:
-        new = old.rstrip("\n") + "\n\n" + block
-    else:
-        new = "# Benchmarks\n\n" + block
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
+    doc_sections.write_section(path, BEGIN, END, section)
 
 
 def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[str], args, plots: list[str]) -> str:
