@@ -136,11 +136,10 @@ def test_soak():
         for idle in idles:
             assert idle["blocks_used"] == 0 and idle["blocks_free"] == total, idle
             assert idle["sessions"] == 0
-        # Bounded caches (oneDNN primitives, tokenizer caches, slabs) fill over the first rounds and
-        # heap fragmentation moves the resident size by tens of MB; a leak keeps growing. Measured
-        # here (MB per 30 s round, after the warm-up round): +50..100, +30..55, +12..35, ...
-        growth = [b - a for a, b in zip(mems, mems[1:])]
-        assert growth[-1] < 64 and growth[-1] <= growth[0] + 16, mems
+        # After the warm-up round the resident size stays flat within heap-fragmentation noise
+        # (measured: +/-30 MB a round). Before PyTorch's matmul caches were bounded it grew by
+        # 50-250 MB a round, and a leak of 100 KB a request would add ~25 MB a round.
+        assert mems[-1] - mems[0] < 64 and mems[-1] - mems[-2] < 48, mems
         assert requests_ok(s.url)
         print(f"soak: {tally.done} finished, {tally.disconnected} disconnected, statuses {tally.statuses}, "
               f"preemptions {idles[-1]['preemptions']}, rss after each round {[round(m) for m in mems]} MB")
