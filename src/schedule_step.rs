@@ -50,44 +50,34 @@ impl Scheduler {
             let sample = computed + take == s.num_tokens() && s.stop.max_new_tokens > 0;
             let total = Sequence::blocks_for(computed + take, bs);
             let have = s.blocks.len();
-            if total <= have {
-                // Fast path (most decode steps): the tokens fit in the blocks it holds.
-                rows.push(Row {
-                    id,
-                    slot,
-                    start: computed,
-                    take,
-                    sample,
-                });
-                budget -= take;
-                i += 1;
-                continue;
-            }
-            if total > self.pool.num_usable() {
-                // The context outgrew the whole KV pool: end it instead of thrashing.
-                self.running.remove(i);
-                self.finish_with_event(id, FinishReason::Length, -1, None);
-                continue;
-            }
-            let need = total - have;
-            let mut self_preempted = false;
-            while self.pool.num_free() < need {
-                if self.sessions.evict_idle_blocks(&mut self.pool, need, None) > 0 {
+            if total > have {
+                // Not the fast path of most decode steps: the tokens need more blocks.
+                if total > self.pool.num_usable() {
+                    // The context outgrew the whole KV pool: end it instead of thrashing.
+                    self.running.remove(i);
+                    self.finish_with_event(id, FinishReason::Length, -1, None);
                     continue;
                 }
-                let victim = *self.running.last().expect("running is not empty");
-                preempted = true;
-                self.preempt(victim);
-                if victim == slot {
-                    self_preempted = true;
-                    break;
+                let need = total - have;
+                let mut self_preempted = false;
+                while self.pool.num_free() < need {
+                    if self.sessions.evict_idle_blocks(&mut self.pool, need, None) > 0 {
+                        continue;
+                    }
+                    let victim = *self.running.last().expect("running is not empty");
+                    preempted = true;
+                    self.preempt(victim);
+                    if victim == slot {
+                        self_preempted = true;
+                        break;
+                    }
                 }
+                if self_preempted {
+                    break; // it was the last running sequence
+                }
+                let new_blocks = self.pool.allocate(need).expect("checked free blocks");
+                self.seqs.at_mut(slot).blocks.extend(new_blocks);
             }
-            if self_preempted {
-                break; // it was the last running sequence
-            }
-            let new_blocks = self.pool.allocate(need).expect("checked free blocks");
-            self.seqs.at_mut(slot).blocks.extend(new_blocks);
             rows.push(Row {
                 id,
                 slot,

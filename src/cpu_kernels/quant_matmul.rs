@@ -74,6 +74,22 @@ fn put_u16(buf: &mut [u8], at: usize, v: u16) {
     buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
 
+/// The running worst of |reconstructed - x| relative to the group's scale `step` (relative to |x|
+/// when the group is constant, step 0); a NaN makes it infinite.
+fn worst_error(worst: f32, reconstructed: f32, x: f32, step: f32) -> f32 {
+    let unit = if step > 0.0 {
+        step
+    } else {
+        x.abs().max(f32::MIN_POSITIVE)
+    };
+    let err = (reconstructed - x).abs() / unit;
+    if err.is_nan() {
+        f32::INFINITY
+    } else {
+        worst.max(err)
+    }
+}
+
 /// Quantize w [n, k] (float32, row-major) into Q4 blocks (`packed`, sized by [`packed_bytes`]).
 /// Returns the largest reconstruction error relative to its group's scale (0 for weights that
 /// came from Q4_0 / Q4_1).
@@ -100,17 +116,7 @@ pub fn q4_pack(w: &[f32], n: usize, k: usize, packed: &mut [u8]) -> f32 {
                 } else {
                     0.0
                 };
-                let unit = if s > 0.0 {
-                    s
-                } else {
-                    x.abs().max(f32::MIN_POSITIVE)
-                };
-                let err = (q * s + m - x).abs() / unit;
-                worst = if err.is_nan() {
-                    f32::INFINITY
-                } else {
-                    worst.max(err)
-                };
+                worst = worst_error(worst, q * s + m, x, s);
                 let (step, r) = (i / 4, i % 4);
                 packed[block + step * 32 + 2 * j + (r % 2)] |=
                     (q as u8) << if r >= 2 { 4 } else { 0 };
@@ -141,17 +147,7 @@ pub fn q8_pack(w: &[f32], n: usize, k: usize, packed: &mut [u8]) -> f32 {
                 } else {
                     0.0
                 };
-                let unit = if d > 0.0 {
-                    d
-                } else {
-                    x.abs().max(f32::MIN_POSITIVE)
-                };
-                let err = (q * d - x).abs() / unit;
-                worst = if err.is_nan() {
-                    f32::INFINITY
-                } else {
-                    worst.max(err)
-                };
+                worst = worst_error(worst, q * d, x, d);
                 packed[block + i * TILE + j] = q as i8 as u8;
             }
         }
