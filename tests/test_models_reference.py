@@ -13,9 +13,9 @@ from lmrs.models.llama import LlamaModel
 from lmrs.models.loader import load_model_files
 from lmrs.models.rope import inv_freq_for
 from lmrs.models.testing import make_tiny_model
-from lmrs.worker.kv_cache import KVCache
-from lmrs.worker.model_runner import ModelRunner
-from lmrs.worker.sampler import Sampler
+from lmrs.runner.kv_cache import KVCache
+from lmrs.runner.model_runner import ModelRunner
+from lmrs.runner.sampler import Sampler
 
 
 def plain_forward(cfg, w, ids):

@@ -173,7 +173,7 @@ def test_sigterm_while_the_model_loads_exits_0_cleanly():
 
 
 FAULT = """
-import lmrs.worker.model_runner as mr
+import lmrs.runner.model_runner as mr
 _orig = mr.ModelRunner.execute
 _count = [0]
 def _faulty(self, plan, **kw):

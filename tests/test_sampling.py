@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_engine
 from lmrs import SamplingParams
-from lmrs.worker.sampler import Sampler
+from lmrs.runner.sampler import Sampler
 
 
 def fake_plan(n, **per_row):

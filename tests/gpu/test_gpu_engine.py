@@ -15,9 +15,9 @@ from lmrs import _core
 from lmrs.models.llama import LlamaModel
 from lmrs.models.loader import load_model_files
 from lmrs.models.testing import make_tiny_model
-from lmrs.worker.kv_cache import KVCache
-from lmrs.worker.model_runner import ModelRunner
-from lmrs.worker.sampler import Sampler
+from lmrs.runner.kv_cache import KVCache
+from lmrs.runner.model_runner import ModelRunner
+from lmrs.runner.sampler import Sampler
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "smollm2_golden.json")
 

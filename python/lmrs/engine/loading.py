@@ -12,9 +12,9 @@ from lmrs import _core
 from lmrs.engine.config import EngineConfig
 from lmrs.models.llama import LlamaModel
 from lmrs.models.loader import LoadedModel, default_model_path, load_model_files
-from lmrs.worker.kv_cache import KVCache, bytes_per_block, parse_bytes
-from lmrs.worker.model_runner import ModelRunner
-from lmrs.worker.sampler import Sampler
+from lmrs.runner.kv_cache import KVCache, bytes_per_block, parse_bytes
+from lmrs.runner.model_runner import ModelRunner
+from lmrs.runner.sampler import Sampler
 
 log = logging.getLogger("lmrs.engine")
 
@@ -96,7 +96,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
     sampler = Sampler(mc.eos_token_ids, seed=cfg.seed)
     graphs = None
     if device.startswith("cuda") and cfg.cuda_graphs:
-        from lmrs.worker.cuda_graphs import DecodeGraphs
+        from lmrs.runner.cuda_graphs import DecodeGraphs
 
         graphs = DecodeGraphs(model, kv, cfg.max_num_seqs, max_model_len)
     runner = ModelRunner(model, kv, sampler, decode_graphs=graphs)

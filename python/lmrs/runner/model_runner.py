@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from lmrs.models.attention_metadata import AttentionMetadata
-from lmrs.worker.kv_cache import KVCache
-from lmrs.worker.plan_view import PlanView
-from lmrs.worker.sampler import Sampler, SampleOutput
+from lmrs.runner.kv_cache import KVCache
+from lmrs.runner.plan_view import PlanView
+from lmrs.runner.sampler import Sampler, SampleOutput
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.device = model.device
-        # CUDA only: replays captured graphs for pure-decode steps (worker/cuda_graphs.py)
+        # CUDA only: replays captured graphs for pure-decode steps (runner/cuda_graphs.py)
         self.decode_graphs = decode_graphs
         self.graph_steps = 0  # steps served by graph replay (for stats and tests)
 

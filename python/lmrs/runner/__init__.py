@@ -1,0 +1,1 @@
+"""The model runner: KV cache tensors, StepPlan -> forward -> sampled ids, the sampler, CUDA decode graphs."""
