@@ -4,6 +4,8 @@ Swagger UI, API keys and per-key sessions, and the terminal client."""
 
 import io
 import json
+import os
+import subprocess
 
 import pytest
 import requests
@@ -12,6 +14,7 @@ from openapi_spec_validator import validate
 from server_utils import ServerProcess
 
 LONG = "word " * 5000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +104,42 @@ def test_openapi_document_is_valid_and_complete(server):
 
 
 def test_swagger_ui_page_and_assets_offline(server):
+    from lmrs.server.docs import swagger_ui_assets_dir
+
     page = requests.get(server.url + "/")
     assert page.status_code == 200 and "swagger-ui" in page.text and "/openapi.json" in page.text
+    installed = swagger_ui_assets_dir()
+    assert "site-packages" in installed and os.sep + "swagger_ui" + os.sep in installed, installed
     for asset in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
         r = requests.get(server.url + "/docs/static/" + asset)
         assert r.status_code == 200 and len(r.content) > 10000, asset
+        with open(os.path.join(installed, asset), "rb") as f:  # served from the installed package
+            assert r.content == f.read(), asset
+    assert requests.get(server.url + "/docs/static/swagger-editor-bundle.js").status_code == 404
     assert "https://" not in page.text, "the page must not load anything from the internet"
+
+
+def test_no_third_party_assets_in_the_repository():
+    files = subprocess.run(["git", "ls-files", "python/lmrs/server"], capture_output=True, text=True,
+                           cwd=REPO).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    assert not [f for f in files if not f.endswith(".py")], files
 
 
 def test_api_keys_and_session_ownership():
     s = ServerProcess("--kv-cache-memory", "64MiB", "--api-keys", "key-a", "key-b")
     try:
         assert requests.get(s.url + "/health").status_code == 200
+        # the docs page, its assets and the OpenAPI document need no key (a browser cannot send one
+        # when it loads a page); the document declares the bearer scheme for the Authorize button
+        for path in ("/", "/docs", "/docs/static/swagger-ui-bundle.js", "/openapi.json"):
+            assert requests.get(s.url + path).status_code == 200, path
+        doc = requests.get(s.url + "/openapi.json").json()
+        assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+        assert doc["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
+        assert requests.get(s.url + "/docs/static/../../v1/models").status_code in (401, 404)
+        assert requests.get(s.url + "/v1/models").status_code == 401
         r = requests.post(s.url + "/generate", json={"prompt": "Hi"})
         assert r.status_code == 401 and "API key" in r.json()["message"]
         assert requests.get(s.url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401

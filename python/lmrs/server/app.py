@@ -53,7 +53,7 @@ def auth_middleware(keys: list[str]):
 
     @web.middleware
     async def check(request: web.Request, handler):
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or docs.is_public(request.path):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
