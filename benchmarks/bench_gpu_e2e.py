@@ -62,13 +62,17 @@ def bench_lmrs(loaded, batch, prompt_len, new_tokens, cuda_graphs=True):
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(100, 40000, prompt_len).tolist() for _ in range(batch)]
     sp = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-    eng.generate(prompts[: min(batch, 4)], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
+    # warm-up on other prompts: the prefix cache must not hold a timed prompt (transformers has no such cache)
+    warm = [np.random.default_rng(10_000 + batch).integers(100, 40000, prompt_len).tolist() for _ in range(min(batch, 4))]
+    eng.generate(warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     outs = eng.generate(prompts, sp)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     n = sum(len(o.token_ids) for o in outs)
+    if n != batch * new_tokens:
+        raise SystemExit(f"lmrs returned {n} tokens, not {batch} x {new_tokens}")
     if cuda_graphs and not eng.engine.runner.graph_steps:
         print(f"  (batch {batch}: no decode step ran on a CUDA graph; see the log for why)")
     del eng
@@ -89,7 +93,9 @@ def bench_transformers(loaded, batch, prompt_len, new_tokens):
     rng = np.random.default_rng(batch)
     ids = torch.tensor(rng.integers(100, 40000, (batch, prompt_len)), device="cuda")
     with torch.inference_mode():
-        model.generate(ids[:, :8], max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
+        warm = torch.tensor(np.random.default_rng(10_000 + batch).integers(100, 40000, (min(batch, 4), prompt_len)),
+                            device="cuda")
+        model.generate(warm, max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)

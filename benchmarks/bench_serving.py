@@ -187,6 +187,8 @@ class Output:
     prompt_tokens: int | None = None
     text: str = ""
     token_times: list = field(default_factory=list)  # perf_counter of each chunk, with its token count
+    expected_tokens: int = 0  # the max_tokens asked for (with ignore_eos, exactly what must come back)
+    counted_by: str = ""  # where output_tokens comes from: "usage" (the server's count) or "text" (re-tokenized)
 
 
 class Client:
@@ -251,7 +253,7 @@ class Client:
         return body
 
     async def send(self, prompt, max_tokens: int, session: dict | None = None) -> Output:
-        out = Output()
+        out = Output(expected_tokens=max_tokens if self.args.ignore_eos else 0)
         body = self.payload(prompt, max_tokens, session)
         out.start = st = time.perf_counter()
         last = st
@@ -314,11 +316,10 @@ class Client:
             out.latency = time.perf_counter() - st
             out.text = "".join(pieces)
             if usage_tokens is not None:
-                out.output_tokens = usage_tokens
-            elif self.backend == "lmrs":
-                out.output_tokens = streamed
+                out.output_tokens, out.counted_by = usage_tokens, "usage"
             else:  # no usage: count the tokens of the text
                 out.output_tokens = len(self.tok.encode(out.text)) if out.text else 0
+                out.counted_by = "text"
             if streamed == 0:
                 out.error = "no token streamed"
                 return out
@@ -411,10 +412,16 @@ async def run_point(args, client: Client, maker: PromptMaker, conc: int | None, 
     return res
 
 
+def make_conversations(args, maker: PromptMaker, idx: int) -> list[list[str]]:
+    """The user messages of each conversation: the same for the same (seed, sweep index, --prompt-salt),
+    other ones for another salt (a second pass on the same server must not replay the first's turns)."""
+    rng = random.Random(f"{args.seed}|multiturn|{idx}|{args.prompt_salt}")
+    return [[maker.make(rng, args.turn_input_len) for _ in range(args.turns)] for _ in range(args.num_conversations)]
+
+
 async def run_multiturn(args, client: Client, maker: PromptMaker, conc: int | None, idx: int) -> dict:
     nconv, turns = args.num_conversations, args.turns
-    rng = random.Random(f"{args.seed}|multiturn|{idx}|{args.prompt_salt}")
-    convs = [[maker.make(rng, args.turn_input_len) for _ in range(turns)] for _ in range(nconv)]
+    convs = make_conversations(args, maker, idx)
     sid_base = args.session_id_base + 1000 * idx
     sem = asyncio.Semaphore(conc) if conc else None
     bar = Progress(nconv * turns, f"{args.label or args.backend} multiturn", args.disable_tqdm)

@@ -4,9 +4,16 @@ Starts each server on loopback, one after the other, runs the same workloads aga
 bench_serving.py, stops it, then writes docs/benchmarks.md (its own section; other sections of the file
 are kept) and PNG plots under docs/benchmarks/:
 
-    1. lmrs --dtype float32      (python -m lmrs.serve SmolLM2.gguf --kv-cache-memory 2GiB)
-    2. lmrs --dtype bfloat16
-    3. llama-server -m SmolLM2.gguf --host 127.0.0.1 --port P -np 32 -c 32768 -t 2 -tb 2 --cont-batching
+    lmrs --dtype bfloat16    (python -m lmrs.serve SmolLM2.gguf --kv-cache-memory 2GiB --num-threads 2;
+                              also float32 with --dtypes float32 bfloat16)
+    llama-server -m SmolLM2.gguf --host 127.0.0.1 --port P -np 32 -c 32768 -t 2 -tb 2 --cont-batching
+
+Fairness: every server is started fresh for each repeat (--repeats, default 2) and the order of the
+servers alternates between repeats (A B, then B A); tables show the median of the repeats and their
+spread (min-max). Both get the same warm-up (2 short requests on prompts that are never measured) and the
+same thread count. Every request must return exactly the tokens it asked for (ignore_eos): a server that
+does not, or fails a request, makes the run fail (exit status 1, and the report says so). The multi-turn
+passes never share conversations: each pass (lmrs sessions, stateless) draws its own.
 
 Workloads, each server:
     fixed      /v1/completions, 100-token prompts, 128 output tokens (ignore_eos), concurrency 1 4 16 32
@@ -116,10 +123,33 @@ def bench(url: str, label: str, backend: str, extra: list[str], args) -> list[di
         argv.append("--disable-tqdm")
     res = bench_serving.run(argv)
     for r in res:
+        bad = len(r.get("output_len_mismatches") or [])
         print(f"[compare] {label} {r['dataset_name']} c={r['max_concurrency']} rate={r['request_rate']}: "
               f"{r['output_throughput']:.1f} out tok/s, TTFT p50 {r['median_ttft_ms']:.0f} ms, "
-              f"{r['completed']} ok / {r['failed']} failed", flush=True)
+              f"{r['completed']} ok / {r['failed']} failed"
+              + (f", {bad} WRONG OUTPUT LENGTHS" if bad else ""), flush=True)
     return res
+
+
+def problems(runs: dict[str, list[dict]]) -> list[str]:
+    """What makes a run invalid: failed requests, or requests that did not return exactly the tokens
+    they asked for (or whose count could only be estimated from the text)."""
+    out = []
+    for name, reps in runs.items():
+        for i, e in enumerate(reps, 1):
+            for key, v in e.items():
+                for r in (v if isinstance(v, list) else [v]):
+                    where = f"{name}, repeat {i}, {key}" + (f" c={r['max_concurrency']}" if key == "fixed" else "")
+                    if r.get("failed"):
+                        errs = sorted({x for x in r.get("errors", []) if x})[:2]
+                        out.append(f"{where}: {r['failed']} failed requests {errs}")
+                    bad = r.get("output_len_mismatches") or []
+                    if bad:
+                        out.append(f"{where}: {len(bad)} requests returned a different number of tokens than "
+                                   f"asked (request, asked, got): {bad[:3]}")
+                    if "text" in (r.get("output_tokens_counted_by") or []):
+                        out.append(f"{where}: the server reported no token counts (usage); counted from the text")
+    return out
 
 
 def run_engine(url: str, label: str, is_lmrs: bool, args) -> dict:
@@ -136,9 +166,13 @@ def run_engine(url: str, label: str, is_lmrs: bool, args) -> dict:
     if not args.skip_multiturn:
         mt = ["--dataset", "multiturn", "--num-conversations", str(args.conversations), "--turns", str(args.turns),
               "--max-concurrency", str(args.conversations)]
+        # each pass draws its own conversations (--prompt-salt), so a later pass on the same server never
+        # finds an earlier pass's turns in the prefix cache; every server's stateless pass gets the same ones
         if is_lmrs:
-            out["multiturn_sessions"] = bench(url, label + " sessions", "lmrs", mt, args)[0]
-        out["multiturn_stateless"] = bench(url, label + " stateless", "openai-chat", mt, args)[0]
+            out["multiturn_sessions"] = bench(url, label + " sessions", "lmrs",
+                                              mt + ["--prompt-salt", "sessions"], args)[0]
+        out["multiturn_stateless"] = bench(url, label + " stateless", "openai-chat",
+                                           mt + ["--prompt-salt", "stateless"], args)[0]
     return out
 
 
@@ -170,7 +204,18 @@ def machine_info(llama_bin: str | None) -> dict:
                          if llama_bin else "not run"),
         "loadavg_start": sh("cut -d' ' -f1-3 /proc/loadavg"),
         "llama_isa": _isa_flags(llama_bin),
+        "cpu_isa": cpu_isa_flags(),
     }
+
+
+def cpu_isa_flags() -> str:
+    """The CPU's vector ISA flags that matter here (AVX-512 parts, VNNI, BF16, AMX), from /proc/cpuinfo."""
+    try:
+        flags = next(ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    keep = [f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma"))]
+    return " ".join(keep) + ("" if any(f.startswith("amx") for f in flags) else " (no AMX)")
 
 
 def _isa_flags(llama_bin: str | None) -> str:
@@ -190,16 +235,70 @@ def _fmt(x, nd=1):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+NUMERIC_KEYS = ("output_throughput", "request_throughput", "total_token_throughput", "max_output_tokens_per_s",
+                "duration")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def _merge(points: list[dict]) -> dict:
+    """One result from the same point of several repeats: medians of the numbers, summed failures,
+    every repeat's output tok/s kept in `repeats_output_throughput` (the spread)."""
+    out = dict(points[0])
+    for k, v in points[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (k in NUMERIC_KEYS or k.endswith("_ms")):
+            out[k] = _median([p[k] for p in points])
+    out["failed"] = sum(p.get("failed", 0) for p in points)
+    out["output_len_mismatches"] = [m for p in points for m in p.get("output_len_mismatches") or []]
+    out["repeats_output_throughput"] = [p["output_throughput"] for p in points]
+    if "ttft_per_turn_ms" in points[0]:
+        turns = len(points[0]["ttft_per_turn_ms"]["median"])
+        out["ttft_per_turn_ms"] = {"median": [_median([p["ttft_per_turn_ms"]["median"][t] for p in points])
+                                              for t in range(turns)]}
+        out["repeats_ttft_per_turn_ms"] = [p["ttft_per_turn_ms"]["median"] for p in points]
+    return out
+
+
+def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """name -> one engine result (the shape run_engine returns) with every point merged over the repeats."""
+    engines = {}
+    for name, reps in runs.items():
+        e: dict = {}
+        for key in reps[0]:
+            if key == "fixed":
+                by_c: dict = {}
+                for rep in reps:
+                    for r in rep.get("fixed", []):
+                        by_c.setdefault(r["max_concurrency"], []).append(r)
+                e["fixed"] = [_merge(v) for _, v in sorted(by_c.items())]
+            else:
+                e[key] = _merge([rep[key] for rep in reps if key in rep])
+        engines[name] = e
+    return engines
+
+
+def _spread(r: dict, key: str = "output_throughput") -> str:
+    """"481.3 (412.0-520.1)": the median and the range over the repeats."""
+    reps = r.get("repeats_" + key) or [r[key]]
+    if len(reps) == 1:
+        return f"{r[key]:.1f}"
+    return f"{r[key]:.1f} ({min(reps):.1f}-{max(reps):.1f})"
+
+
 def fixed_table(engines: dict[str, dict]) -> str:
     lines = ["| server | concurrency | req/s | output tok/s | TTFT p50 / p90 / p99 (ms) | TPOT p50 / p90 / p99 (ms) "
              "| ITL p50 / p90 / p99 (ms) | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in engines.items():
         for r in e.get("fixed", []):
             lines.append(f"| {name} | {r['max_concurrency']} | {r['request_throughput']:.2f} | "
-                         f"{r['output_throughput']:.1f} | "
+                         f"{_spread(r)} | "
                          + " | ".join("/".join(f"{r[f'p{p}_{m}_ms']:.0f}" for p in (50, 90, 99))
                                       for m in ("ttft", "tpot", "itl"))
-                         + f" | {r['failed']} |")
+                         + f" | {r['failed'] + len(r.get('output_len_mismatches') or [])} |")
     return "\n".join(lines)
 
 
@@ -217,11 +316,18 @@ def ratio_table(engines: dict[str, dict], peer: str | None) -> str:
         cells = []
         for c in concs:
             a, b = by_c.get(c), peer_by_c.get(c)
-            cells.append(f"{a['output_throughput'] / b['output_throughput']:.2f}x"
-                         if a and b and b["output_throughput"] > 0 else "-")
+            if not (a and b and b["output_throughput"] > 0):
+                cells.append("-")
+                continue
+            cell = f"{a['output_throughput'] / b['output_throughput']:.2f}x"
+            pairs = list(zip(a.get("repeats_output_throughput", []), b.get("repeats_output_throughput", [])))
+            if len(pairs) > 1:  # repeat i of one server against repeat i of the other
+                ratios = [x / y for x, y in pairs if y > 0]
+                cell += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+            cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| llama-server itself, output tok/s | "
-                 + " | ".join(f"{peer_by_c[c]['output_throughput']:.1f}" for c in concs) + " |")
+                 + " | ".join(_spread(peer_by_c[c]) for c in concs) + " |")
     return "\n".join(lines)
 
 
@@ -310,7 +416,8 @@ def write_doc(path: str, section: str) -> None:
     doc_sections.write_section(path, BEGIN, END, section)
 
 
-def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[str], args, plots: list[str]) -> str:
+def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[str], args, plots: list[str],
+           invalid: list[str]) -> str:
     fixed = next(iter(engines.values())).get("fixed", []) if engines else []
     n_by_c = ", ".join(f"{r['num_prompts']} at c={r['max_concurrency']}" for r in fixed)
     rel = os.path.relpath(args.plots_dir, os.path.dirname(os.path.abspath(args.output)))
@@ -319,18 +426,27 @@ def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[st
         "",
         f"Generated by `benchmarks/compare.py` (`make bench`) on {info['date']}. Every number below comes "
         "from one run of that script: the servers ran one after the other on loopback, on the same machine, "
-        "with the same prompts (same seed), so they can be compared with each other; absolute numbers move "
-        "with the machine's load (this is a shared 2-core VM; load average at the start "
-        f"{info['loadavg_start']}, at the end {info.get('loadavg_end', '?')}).",
+        f"with the same prompts (same seed), each started fresh {args.repeats} time(s) with the order "
+        f"alternating ({info.get('order', '')}); a cell is the median of the repeats, with their range in "
+        "parentheses. Absolute numbers move with the machine's load (this is a shared 2-core VM; load average "
+        f"at the start {info['loadavg_start']}, at the end {info.get('loadavg_end', '?')}).",
+        "",
+        ("**Checks: passed** (no failed request; every request returned exactly the tokens it asked for, "
+         "as counted by the server)." if not invalid else
+         "**Checks: FAILED**, so the numbers below are not valid:\n\n" + "\n".join(f"- {p}" for p in invalid)),
         "",
         "### Machine and versions",
         "",
         f"- CPU: {info['cpu']}, {info['cores']} cores visible, {info['memory_gib']} GiB RAM; {info['os']}",
+        f"- CPU ISA flags: {info.get('cpu_isa', '?')}",
         f"- lmrs {info['lmrs']} (commit {info['lmrs_commit']}), Python {info['python']}, PyTorch {info['torch']}",
         f"- llama-server: {info['llama_server']} (llama-cpp-python 0.3.36 sdist's vendored llama.cpp, "
         f"built by `benchmarks/build_llama_server.sh`, static, Release; {info.get('llama_isa') or 'ISA flags unknown'})",
-        f"- model: SmolLM2-135M-Instruct, `{os.path.basename(args.model)}` (Q4_1) for both; lmrs dequantizes it "
-        "to the dtype shown",
+        f"- threads: {info.get('threads', '?')}",
+        f"- model: SmolLM2-135M-Instruct, `{os.path.basename(args.model)}` (Q4_1) for both",
+        "- weight formats: llama-server computes from the Q4_1 blocks (its CPU dot products quantize the "
+        "activations to Q8_1); lmrs, as its log says: "
+        + ("; ".join(f"{n}: \"{f}\"" for n, f in info.get("weight_formats", {}).items() if f) or "(not logged)"),
         "",
         "### Commands",
         "",
@@ -341,7 +457,8 @@ def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[st
         f"Fixed workload: {args.input_len}-token prompts (exact, cut from `benchmarks/data/corpus.txt`), "
         f"{args.output_len} output tokens (`ignore_eos`), temperature 0, streaming `/v1/completions`, all "
         f"requests sent at once with the concurrency cap ({n_by_c} requests), 2 short warm-up requests "
-        "per point; each concurrency point has its own prompts (llama-server caches prompts).",
+        "per point on prompts that are never measured; each concurrency point has its own prompts "
+        "(llama-server caches prompts too).",
         "",
         "### Output throughput and latency by concurrency",
         "",
@@ -377,7 +494,9 @@ def render(info: dict, engines: dict[str, dict], peer: str | None, cmds: list[st
             f"{args.conversations} conversations at once, {args.turns} turns each; every turn a new 40-token user "
             "message and a 10-token reply (about 50 tokens added per turn). lmrs sessions: `/generate` with "
             "`session_id` (only the new message is sent and prefilled); stateless: `/v1/chat/completions` "
-            "with the whole history each turn (prefix cache).",
+            "with the whole history each turn (prefix cache). The two passes on one lmrs server use different "
+            "conversations (neither finds the other's turns in the cache); every server's stateless pass uses "
+            "the same ones.",
             "",
             mt,
             "",
@@ -394,7 +513,10 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, help="the GGUF both servers load (default: SmolLM2 Q4_1)")
     ap.add_argument("--llama-server", default=None, help="llama-server binary (default: build/cached)")
     ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="lmrs dtypes to run")
+    ap.add_argument("--dtypes", nargs="*", default=["bfloat16"],
+                    help="lmrs dtypes to run (float32, the exactness reference, is slow: add it when wanted)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="runs of every server (fresh each time, alternating the order); tables show the median")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--num-prompts", type=int, default=None, help="per point (default max(8, 2 x concurrency))")
     ap.add_argument("--input-len", type=int, default=100)
@@ -422,8 +544,17 @@ def parse_args(argv=None):
     if args.quick:
         args.concurrency, args.num_prompts, args.output_len = [1, 4], 4, 16
         args.sharegpt_prompts, args.sharegpt_rate, args.turns, args.conversations = 4, 4.0, 3, 2
-        args.skip_offline, args.no_write = True, True
+        args.skip_offline, args.no_write, args.repeats = True, True, 1
     return args
+
+
+def weight_formats(log_path: str) -> str:
+    """What the lmrs server said about the weight formats it computes with (its log), for the report."""
+    try:
+        lines = [ln.strip() for ln in open(log_path, errors="replace") if "weight format" in ln]
+    except OSError:
+        return ""
+    return lines[-1].split("] ", 1)[-1] if lines else ""
 
 
 def main(argv=None) -> int:
@@ -431,45 +562,58 @@ def main(argv=None) -> int:
     llama_bin = None if args.skip_peer else find_llama_server(args)
     info = machine_info(llama_bin)
     info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["threads"] = (f"lmrs `--num-threads {args.threads}` (PyTorch intra-op threads; the Rust kernels use the "
+                       f"same OpenMP team); llama-server `-t {args.threads} -tb {args.threads}`")
     logdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lmrs-compare-{os.getpid()}")
     os.makedirs(logdir, exist_ok=True)
-    engines: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}
+    formats: dict[str, str] = {}
     cmds: list[str] = []
     peer = None
     failures = 0
 
-    def one(name, cmd, is_lmrs, env=None):
-        nonlocal failures
-        port = int(cmd[cmd.index("--port" if "--port" in cmd else "--server-port") + 1])
-        srv = Server(name, cmd, port, os.path.join(logdir, re.sub(r"\W+", "_", name) + ".log"), env)
-        try:
-            srv.wait_healthy()
-            engines[name] = run_engine(srv.url, name, is_lmrs, args)
-        except Exception as e:  # noqa: BLE001 - one engine failing still leaves a report of the others
-            failures += 1
-            hint = " (exit 132 = SIGILL: an instruction this CPU lacks)" if srv.proc.poll() == -4 or \
-                srv.proc.poll() == 132 else ""
-            print(f"[compare] {name} failed: {e}{hint}", file=sys.stderr)
-        finally:
-            srv.stop()
-
+    servers = []  # (name, argv builder, is_lmrs)
     for dtype in args.dtypes:
-        port = free_port()
-        cmd = [sys.executable, "-m", "lmrs.serve", args.model, "--server-name", "127.0.0.1", "--server-port",
-               str(port), "--dtype", dtype, "--kv-cache-memory", args.kv_cache_memory, "--no-progress"]
+        def lmrs_cmd(port, dtype=dtype):
+            return [sys.executable, "-m", "lmrs.serve", args.model, "--server-name", "127.0.0.1", "--server-port",
+                    str(port), "--dtype", dtype, "--kv-cache-memory", args.kv_cache_memory, "--num-threads",
+                    str(args.threads), "--no-progress"]
+        servers.append((f"lmrs {dtype}", lmrs_cmd, True))
         cmds.append(shlex.join(["python", "-m", "lmrs.serve", "SmolLM2-135M-Instruct.Q4_1.gguf", "--server-name",
                                 "127.0.0.1", "--server-port", "P", "--dtype", dtype, "--kv-cache-memory",
-                                args.kv_cache_memory]))
-        one(f"lmrs {dtype}", cmd, True)
+                                args.kv_cache_memory, "--num-threads", str(args.threads)]))
     if llama_bin:
-        port = free_port()
-        cmd = [llama_bin, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np),
-               "-c", str(1024 * args.np), "-t", str(args.threads), "-tb", str(args.threads), "--cont-batching"]
+        def llama_cmd(port):
+            return [llama_bin, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np),
+                    "-c", str(1024 * args.np), "-t", str(args.threads), "-tb", str(args.threads), "--cont-batching"]
+        peer = "llama-server"
+        servers.append((peer, llama_cmd, False))
         cmds.append(shlex.join(["llama-server", "-m", "SmolLM2-135M-Instruct.Q4_1.gguf", "--host", "127.0.0.1",
                                 "--port", "P", "-np", str(args.np), "-c", str(1024 * args.np), "-t",
                                 str(args.threads), "-tb", str(args.threads), "--cont-batching"]))
-        peer = "llama-server"
-        one(peer, cmd, False)
+
+    order_log = []
+    for rep in range(args.repeats):
+        order = servers if rep % 2 == 0 else servers[::-1]  # alternate who runs first
+        order_log.append(" then ".join(n for n, _, _ in order))
+        for name, make_cmd, is_lmrs in order:
+            port = free_port()
+            log_path = os.path.join(logdir, re.sub(r"\W+", "_", f"{name}_{rep}") + ".log")
+            srv = Server(name, make_cmd(port), port, log_path)
+            try:
+                srv.wait_healthy()
+                runs.setdefault(name, []).append(run_engine(srv.url, name, is_lmrs, args))
+                if is_lmrs:
+                    formats[name] = weight_formats(log_path)
+            except Exception as e:  # noqa: BLE001 - one engine failing still leaves a report of the others
+                failures += 1
+                code = srv.proc.poll()
+                hint = " (exit 132 = SIGILL: an instruction this CPU lacks)" if code in (-4, 132) else ""
+                print(f"[compare] {name} failed: {e}{hint}", file=sys.stderr)
+            finally:
+                srv.stop()
+    info["order"] = "; ".join(f"repeat {i}: {o}" for i, o in enumerate(order_log, 1))
+    info["weight_formats"] = formats
     cmds.append(f"python benchmarks/bench_serving.py --base-url http://127.0.0.1:P --backend openai --dataset fixed "
                 f"--input-len {args.input_len} --output-len {args.output_len} --max-concurrency "
                 + " ".join(map(str, args.concurrency)) + f" --seed {args.seed}")
@@ -479,8 +623,10 @@ def main(argv=None) -> int:
     if not args.skip_multiturn:
         cmds.append(f"python benchmarks/bench_serving.py ... --dataset multiturn --backend lmrs|openai-chat "
                     f"--num-conversations {args.conversations} --turns {args.turns} --max-concurrency "
-                    f"{args.conversations}")
+                    f"{args.conversations} --prompt-salt sessions|stateless")
     info["loadavg_end"] = sh("cut -d' ' -f1-3 /proc/loadavg")
+    engines = aggregate(runs)
+    invalid = problems(runs)
 
     print()
     print(fixed_table(engines))
@@ -490,13 +636,16 @@ def main(argv=None) -> int:
     print(goals(engines, peer))
     print()
     print(multiturn_table(engines, peer))
+    for p in invalid:
+        print(f"[compare] INVALID: {p}", file=sys.stderr)
     if args.no_write or not engines:
-        return 1 if failures or not engines else 0
+        return 1 if failures or invalid or not engines else 0
 
     os.makedirs(args.plots_dir, exist_ok=True)
     with open(os.path.join(args.plots_dir, "serving_results.json"), "w", encoding="utf-8") as f:
-        json.dump({"machine": info, "engines": {n: {k: (strip(v) if isinstance(v, dict) else [strip(x) for x in v])
-                                                    for k, v in e.items()} for n, e in engines.items()}},
+        json.dump({"machine": info, "problems": invalid,
+                   "engines": {n: [{k: (strip(v) if isinstance(v, dict) else [strip(x) for x in v])
+                                    for k, v in rep.items()} for rep in reps] for n, reps in runs.items()}},
                   f, indent=1)
     plots = []
     try:
@@ -509,20 +658,21 @@ def main(argv=None) -> int:
         p2 = os.path.join(args.plots_dir, "ttft_p50.png")
         P.plot_sweep(fixed_by, "median_ttft_ms", "TTFT p50 (ms)", p2, "Time to first token, median", logy=True)
         plots = [p1, p2]
-        runs = multiturn_runs(engines)
-        if runs:
+        mt_runs = multiturn_runs(engines)
+        if mt_runs:
             p3 = os.path.join(args.plots_dir, "multiturn_ttft.png")
-            P.plot_turns(runs, p3)
+            P.plot_turns(mt_runs, p3)
             plots.append(p3)
     except ImportError:
         print("[compare] matplotlib is not installed: no plots. Install it with "
               "`.venv/bin/python -m pip install matplotlib` and run again.", file=sys.stderr)
-    write_doc(args.output, render(info, engines, peer, cmds, args, plots))
+    write_doc(args.output, render(info, engines, peer, cmds, args, plots, invalid))
     print(f"[compare] wrote {args.output} and {args.plots_dir}/")
     if not args.skip_offline:  # its own section of the same file
-        r = subprocess.run([sys.executable, os.path.join(HERE, "bench_offline.py"), "--write-doc", args.output])
+        r = subprocess.run([sys.executable, os.path.join(HERE, "bench_offline.py"), "--write-doc", args.output,
+                            "--threads", str(args.threads)])
         failures += r.returncode != 0
-    return 1 if failures else 0
+    return 1 if failures or invalid else 0
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ def calc_metrics(inputs: list[int], outputs: list, duration: float, percentiles:
         "itls": [o.itl for o in outputs],
         "generated_texts": [o.text for o in outputs],
         "errors": [o.error for o in outputs],
+        # every request with ignore_eos must return exactly the tokens it asked for; a server that stops
+        # early (or runs long) would otherwise look faster (or slower) than it is
+        "output_len_mismatches": [[i, o.expected_tokens, o.output_tokens] for i, o in enumerate(outputs)
+                                  if o.success and o.expected_tokens and o.output_tokens != o.expected_tokens],
+        "output_tokens_counted_by": sorted({o.counted_by for o in ok if o.counted_by}),
     }
     for m in METRICS:
         v = [x * 1000.0 for x in vals[m]]
@@ -107,6 +112,9 @@ def print_result(r: dict, percentiles: list[float]) -> None:
         t = r["ttft_per_turn_ms"]
         for i, (md, mn) in enumerate(zip(t["median"], t["mean"]), 1):
             print(f"{'Turn ' + str(i) + ' median / mean:':<40}{md:.1f} / {mn:.1f}")
+    bad = r.get("output_len_mismatches") or []
+    if bad:
+        print(f"{'Wrong output lengths:':<40}{len(bad)} (request, asked, got: {bad[:3]})")
     errs = [e for e in r["errors"] if e]
     if errs:
         print("Errors".center(w, "-"))

@@ -61,6 +61,7 @@ def test_fixed_workload(server, tmp_path, backend):
         assert r["completed"] == 2 and r["failed"] == 0, r["errors"]
         assert r["backend"] == backend and r["dataset_name"] == "fixed"
         assert r["output_lens"] == [4, 4]  # ignore_eos: exactly the asked-for tokens
+        assert r["output_len_mismatches"] == [] and r["output_tokens_counted_by"] == ["usage"]
         assert r["total_output_tokens"] == 8
         if backend == "openai":
             assert r["input_lens"] == [12, 12]  # exact prompt lengths, as the server counted them
@@ -106,3 +107,51 @@ def test_prompts_have_exact_lengths():
     rng = random.Random(0)
     for n in (1, 7, 50, 100, 300):
         assert len(tok.encode(maker.make(rng, n))) == n
+
+
+def test_multiturn_passes_draw_their_own_conversations():
+    tok = bench_serving.load_tokenizer(None)
+    maker = bench_serving.PromptMaker(tok)
+
+    def convs(salt):
+        args = bench_serving.parse_args(["--dataset", "multiturn", "--num-conversations", "2", "--turns", "2",
+                                         "--turn-input-len", "12", "--prompt-salt", salt])
+        return bench_serving.make_conversations(args, maker, 1)
+
+    assert convs("sessions") == convs("sessions")
+    a, b = convs("sessions"), convs("stateless")
+    assert not {m for c in a for m in c} & {m for c in b for m in c}
+
+
+def _point(c, tps, failed=0, bad=()):
+    return {"max_concurrency": c, "output_throughput": tps, "request_throughput": tps / 100,
+            "median_ttft_ms": 10.0, "failed": failed, "errors": ["boom"] * failed,
+            "output_len_mismatches": [list(x) for x in bad], "output_tokens_counted_by": ["usage"]}
+
+
+def test_compare_aggregates_repeats_and_flags_invalid_runs():
+    import compare
+
+    runs = {"lmrs bfloat16": [{"fixed": [_point(1, 100.0), _point(32, 500.0)]},
+                              {"fixed": [_point(1, 120.0), _point(32, 400.0, bad=[(3, 128, 127)])]}],
+            "llama-server": [{"fixed": [_point(1, 80.0), _point(32, 100.0)]},
+                             {"fixed": [_point(1, 100.0), _point(32, 100.0, failed=1)]}]}
+    engines = compare.aggregate(runs)
+    c32 = engines["lmrs bfloat16"]["fixed"][1]
+    assert c32["output_throughput"] == 450.0 and c32["repeats_output_throughput"] == [500.0, 400.0]
+    assert compare._spread(c32) == "450.0 (400.0-500.0)"
+    ratios = compare.ratio_table(engines, "llama-server")
+    assert "4.50x (4.00-5.00)" in ratios and "1.22x (1.20-1.25)" in ratios, ratios
+    found = compare.problems(runs)
+    assert len(found) == 2, found
+    assert any("repeat 2, fixed c=32" in p and "different number of tokens" in p for p in found)
+    assert any(p.startswith("llama-server, repeat 2") and "1 failed" in p for p in found)
+    assert compare.problems({"x": [{"fixed": [_point(1, 1.0)]}]}) == []
+
+
+def test_compare_quick_end_to_end(tmp_path):
+    """The harness itself, on a real lmrs server (no peer, no docs written): exit status 0."""
+    import compare
+
+    rc = compare.main(["--quick", "--skip-peer", "--skip-sharegpt", "--skip-multiturn", "--disable-tqdm"])
+    assert rc == 0
