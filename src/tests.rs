@@ -3,6 +3,7 @@
 
 mod proptests;
 mod scenarios;
+mod sessions;
 
 use crate::plan::{StepPlan, UpdateResult};
 use crate::scheduler::{CoreConfig, Scheduler};
