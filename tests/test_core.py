@@ -47,7 +47,7 @@ def test_continuous_batching_joins_next_step():
     assert plan.num_decode_rows == 2 and plan.num_prefill_tokens == 9
     run_all(core, outs)
     for rid, seed, n in [(1, 1, 5), (2, 2, 7), (3, 3, 9)]:
-        assert outs[rid] == (expected(prompt(n, seed), 12), _core.FINISH_LENGTH)
+        assert outs[rid] == (expected(prompt(n, seed), 12), _core.FinishReason.LENGTH)
 
 
 def test_chunked_prefill_of_a_prompt_longer_than_the_budget():
@@ -144,7 +144,7 @@ def test_abort_frees_blocks():
         (dict(prompt_ids=[1], temperature=-1.0), "temperature"),
         (dict(prompt_ids=[1], stop_token_ids=[VOCAB + 5]), "stop token id"),
         (dict(prompt_ids=[1], session_len=10**6), "session_len"),
-        (dict(prompt_ids=[1], logprobs=1000), "logprobs"),
+        (dict(prompt_ids=[1], logprobs=_core.MAX_LOGPROBS + 1), "logprobs"),
     ],
 )
 def test_invalid_add_raises_and_changes_nothing(kwargs, match):
@@ -176,5 +176,6 @@ def test_a_prompt_larger_than_the_pool_fails_with_a_reason():
     core = make_core(num_blocks=5)  # 4 usable blocks of 4 tokens
     core.add(1, prompt(30, 1), max_new_tokens=2)
     _, res = step(core)
-    assert res.finish_reasons.tolist() == [_core.FINISH_ERROR]
+    assert res.finish_reasons.tolist() == [int(_core.FinishReason.ERROR)]
+    assert res.tolist()[0][2] == _core.FinishReason.ERROR
     assert "pool has only 4" in res.errors[0][1]
