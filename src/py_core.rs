@@ -256,8 +256,9 @@ impl PyUpdateResult {
 impl Core {
     #[new]
     #[pyo3(signature = (num_blocks, *, vocab_size, block_size=16, max_num_seqs=256,
-        max_num_batched_tokens=2048, eos_token_ids=vec![], max_model_len=8192,
-        enable_prefix_caching=true, max_sessions=0, session_idle_timeout_s=0.0))]
+        max_num_batched_tokens=2048, max_embed_tokens_with_decodes=0, eos_token_ids=vec![],
+        max_model_len=8192, enable_prefix_caching=true, max_sessions=0,
+        session_idle_timeout_s=0.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_blocks: usize,
@@ -265,6 +266,7 @@ impl Core {
         block_size: usize,
         max_num_seqs: usize,
         max_num_batched_tokens: usize,
+        max_embed_tokens_with_decodes: usize,
         eos_token_ids: Vec<u32>,
         max_model_len: usize,
         enable_prefix_caching: bool,
@@ -276,6 +278,7 @@ impl Core {
             block_size,
             max_num_seqs,
             max_num_batched_tokens,
+            max_embed_tokens_with_decodes,
             enable_prefix_caching,
             vocab_size,
             eos_token_ids,

@@ -25,10 +25,11 @@ impl Scheduler {
         self.expire_sessions();
         self.next_tick();
         let mut budget = self.cfg.max_num_batched_tokens;
+        let mut embed_budget = self.embed_budget();
         let mut rows: Vec<Row> = Vec::new();
-        let preempted = self.schedule_running(&mut rows, &mut budget);
+        let preempted = self.schedule_running(&mut rows, &mut budget, &mut embed_budget);
         if !preempted {
-            self.schedule_waiting(&mut rows, &mut budget);
+            self.schedule_waiting(&mut rows, &mut budget, &mut embed_budget);
         }
         self.counters.steps += 1;
         let seqs = &self.seqs;
@@ -40,9 +41,29 @@ impl Scheduler {
         Ok(plan)
     }
 
+    /// Tokens embedding requests may take this step: the whole budget when no generating request
+    /// runs, else `max_embed_tokens_with_decodes` (when set).
+    fn embed_budget(&self) -> usize {
+        let cap = self.cfg.max_embed_tokens_with_decodes;
+        if cap == 0 || self.num_embed == 0 {
+            return usize::MAX;
+        }
+        let generating = self.running.iter().any(|&slot| !self.seqs.at(slot).embed);
+        if generating {
+            cap
+        } else {
+            usize::MAX
+        }
+    }
+
     /// Running sequences, oldest first: each gets its next tokens and the blocks they need.
     /// Returns whether a sequence was preempted.
-    fn schedule_running(&mut self, rows: &mut Vec<Row>, budget: &mut usize) -> bool {
+    fn schedule_running(
+        &mut self,
+        rows: &mut Vec<Row>,
+        budget: &mut usize,
+        embed_budget: &mut usize,
+    ) -> bool {
         let bs = self.cfg.block_size;
         let mut preempted = false;
         let mut i = 0;
@@ -51,7 +72,15 @@ impl Scheduler {
             let s = self.seqs.at(slot);
             let id = s.id;
             let computed = s.num_computed;
-            let take = s.num_uncomputed().min(*budget);
+            let embed = s.embed;
+            let mut take = s.num_uncomputed().min(*budget);
+            if embed {
+                take = take.min(*embed_budget);
+                if take == 0 {
+                    i += 1; // its share of this step is used up: it continues next step
+                    continue;
+                }
+            }
             let sample = computed + take == s.num_tokens() && s.stop.max_new_tokens > 0;
             let total = Sequence::blocks_for(computed + take, bs);
             let have = s.blocks.len();
@@ -88,6 +117,9 @@ impl Scheduler {
                 sample,
             });
             *budget -= take;
+            if embed {
+                *embed_budget -= take;
+            }
             i += 1;
         }
         preempted
@@ -96,7 +128,12 @@ impl Scheduler {
     /// Waiting requests in arrival order. A session turn waits for the turns before it (without
     /// blocking others); a turn with nothing to compute finishes at once, without a seat or
     /// tokens; the first request that cannot get its blocks blocks the rest (FCFS).
-    fn schedule_waiting(&mut self, rows: &mut Vec<Row>, budget: &mut usize) {
+    fn schedule_waiting(
+        &mut self,
+        rows: &mut Vec<Row>,
+        budget: &mut usize,
+        embed_budget: &mut usize,
+    ) {
         let mut kept: VecDeque<RequestId> = VecDeque::with_capacity(self.waiting.len());
         let mut blocked = false;
         while let Some(id) = self.waiting.pop_front() {
@@ -118,9 +155,22 @@ impl Scheduler {
                 kept.push_back(id);
                 continue;
             }
-            match self.try_admit(id, *budget) {
+            let embed = s.embed;
+            let limit = if embed {
+                (*budget).min(*embed_budget)
+            } else {
+                *budget
+            };
+            if limit == 0 {
+                kept.push_back(id); // embeddings' share of this step is used up
+                continue;
+            }
+            match self.try_admit(id, limit) {
                 Admission::Admitted(row) => {
                     *budget -= row.take;
+                    if embed {
+                        *embed_budget -= row.take;
+                    }
                     self.seqs.at_mut(row.slot).status = SeqStatus::Running;
                     self.running.push(row.slot);
                     rows.push(row);

@@ -25,6 +25,10 @@ pub struct CoreConfig {
     pub max_num_seqs: usize,
     /// Most tokens computed in one step (decodes + prefill chunks).
     pub max_num_batched_tokens: usize,
+    /// Most embedding (prefill-only) tokens in a step that also runs generating requests, so a
+    /// large embeddings call cannot stall their streams (0: no separate limit). Alone, embedding
+    /// requests use the whole budget.
+    pub max_embed_tokens_with_decodes: usize,
     pub enable_prefix_caching: bool,
     /// Token ids must be below this.
     pub vocab_size: u32,
@@ -78,6 +82,8 @@ pub struct Scheduler {
     pub(crate) preempted_since_plan: Vec<RequestId>,
     pub(crate) finished_since_plan: Vec<RequestId>,
     pub counters: Counters,
+    /// Embedding requests not finished (the embedding share of a step applies only with some).
+    pub(crate) num_embed: usize,
     pub(crate) tick: u64,
     arrivals: u64,
     clock: Instant,
@@ -127,6 +133,7 @@ impl Scheduler {
             preempted_since_plan: Vec::new(),
             finished_since_plan: Vec::new(),
             counters: Counters::default(),
+            num_embed: 0,
             tick: 0,
             arrivals: 0,
             clock: Instant::now(),
@@ -285,6 +292,7 @@ impl Scheduler {
         };
         self.seqs.insert(id, seq);
         self.waiting.push_back(id);
+        self.num_embed += usize::from(embed);
         self.counters.requests_added += 1;
         Ok(())
     }
@@ -355,6 +363,7 @@ impl Scheduler {
     /// its session, or release them; record it for the runner and the counters.
     pub(crate) fn retire(&mut self, id: RequestId, reason: FinishReason) {
         let mut seq = self.seqs.remove(&id).expect("retire of a known request");
+        self.num_embed -= usize::from(seq.embed);
         match seq.session {
             Some(sid) if seq.merged => {
                 let tick = self.next_tick();

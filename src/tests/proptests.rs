@@ -66,21 +66,25 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn cfg() -> impl Strategy<Value = CoreConfig> {
     (
-        3usize..24,
-        prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
-        1usize..40,
-        1usize..6,
-        any::<bool>(),
-        6usize..64,
-        0usize..3,
+        (
+            3usize..24,
+            prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
+            1usize..40,
+            1usize..6,
+        ),
+        (any::<bool>(), 6usize..64, 0usize..3, 0usize..6),
     )
         .prop_map(
-            |(num_blocks, block_size, budget, max_seqs, caching, max_len, max_sessions)| {
+            |(
+                (num_blocks, block_size, budget, max_seqs),
+                (caching, max_len, max_sessions, embed_cap),
+            )| {
                 CoreConfig {
                     num_blocks,
                     block_size,
                     max_num_seqs: max_seqs,
                     max_num_batched_tokens: budget,
+                    max_embed_tokens_with_decodes: embed_cap,
                     enable_prefix_caching: caching,
                     vocab_size: TINY_VOCAB,
                     eos_token_ids: vec![0],

@@ -288,3 +288,42 @@ fn embeddings_are_chunked_prefills_without_cache_reuse() {
         })
         .is_err());
 }
+
+#[test]
+fn embeddings_take_a_share_of_a_step_that_also_decodes() {
+    let mut cfg = config(64, 4, 16, 8);
+    cfg.max_embed_tokens_with_decodes = 4;
+    let mut s = new_sched(cfg);
+    let p: Vec<u32> = (0..24).map(|i| i % (VOCAB - 1) + 1).collect();
+    let embed = |id, n: usize| NewRequest {
+        id,
+        prompt: p[..n].to_vec(),
+        sampling: SamplingParams::default(),
+        stop: stop(0),
+        turn: None,
+        embed: true,
+    };
+    // Alone, an embedding uses the whole budget.
+    s.add_request(embed(1, 24)).unwrap();
+    let (plan, _) = step(&mut s);
+    assert_eq!(plan.num_tokens(), 16);
+    run_all(&mut s, 20);
+    // Beside a decoding request, embeddings get at most 4 tokens a step; the decode runs each step.
+    add(&mut s, 2, vec![1, 2, 3], 20);
+    step(&mut s);
+    s.add_request(embed(3, 10)).unwrap();
+    s.add_request(embed(4, 10)).unwrap();
+    let mut steps = 0;
+    while s.sequence(3).is_some() || s.sequence(4).is_some() {
+        let (plan, _) = step(&mut s);
+        let pooled: i32 = plan
+            .pool_rows
+            .iter()
+            .map(|&r| plan.query_start_loc[r as usize + 1] - plan.query_start_loc[r as usize])
+            .sum();
+        assert!(pooled <= 4, "{pooled} embedding tokens in one step");
+        assert!(plan.req_ids.contains(&2));
+        steps += 1;
+    }
+    assert_eq!(steps, 5, "20 embedding tokens at 4 a step");
+}
