@@ -1,5 +1,7 @@
 //! `check_invariants()`: the properties DESIGN.md lists for the pool, the scheduler and the
 //! sessions, checked after every operation by the property tests (and callable from Python).
+//! Sessions: each record lists exactly its unfinished turns in arrival order, the admitted one
+//! first; a record with neither history nor turns does not exist; only idle sessions pin blocks.
 
 use crate::id_map::IdSet;
 
@@ -12,7 +14,7 @@ impl Scheduler {
     /// Check every structural invariant; returns the first violation found.
     pub fn check_invariants(&self) -> Result<(), String> {
         let bs = self.cfg.block_size;
-        let mut refs = vec![0u32; self.pool.num_blocks()];
+        let mut refs = vec![0u32; self.kv.num_blocks()];
 
         // Each request is in exactly one state, and the queues hold exactly the known requests.
         let waiting: IdSet<u64> = self.waiting.iter().copied().collect();
@@ -42,7 +44,6 @@ impl Scheduler {
                 self.cfg.max_num_seqs
             ));
         }
-        let mut session_owner: IdSet<i64> = IdSet::default();
         for s in self.seqs.values() {
             let id = &s.id;
             let listed = if waiting.contains(id) {
@@ -78,21 +79,29 @@ impl Scheduler {
             if s.block_hashes.len() > s.num_computed / bs || s.block_hashes.len() > s.blocks.len() {
                 return Err(format!("request {id} has hashes for uncomputed blocks"));
             }
-            if let Some(sid) = s.session {
-                if s.merged {
-                    if !session_owner.insert(sid) {
-                        return Err(format!("session {sid} has two running turns"));
-                    }
+            if s.embed && (s.session.is_some() || s.stop.max_new_tokens > 0) {
+                return Err(format!("embedding request {id} has a session or generates"));
+            }
+            match s.session {
+                Some(sid) => {
                     let sess = self
                         .sessions
                         .get(sid)
                         .ok_or(format!("request {id}'s session {sid} is gone"))?;
-                    if sess.active != Some(*id) {
+                    if !sess.turns.contains(id) {
+                        return Err(format!("session {sid} does not list its turn {id}"));
+                    }
+                    if s.merged != (sess.active == Some(*id)) {
                         return Err(format!(
-                            "session {sid} does not point back at its turn {id}"
+                            "request {id} merged={} but session {sid} is active for {:?}",
+                            s.merged, sess.active
                         ));
                     }
                 }
+                None if !s.merged => {
+                    return Err(format!("request {id} without a session is unmerged"))
+                }
+                None => {}
             }
             for &b in &s.blocks {
                 if b == NULL_BLOCK {
@@ -102,26 +111,48 @@ impl Scheduler {
             }
         }
         for (sid, sess) in self.sessions.iter() {
+            if sess.is_empty() {
+                return Err(format!("session {sid} has neither history nor turns"));
+            }
+            let mut last_arrival = 0;
+            for t in &sess.turns {
+                let s = self
+                    .seqs
+                    .get(t)
+                    .ok_or(format!("session {sid} lists finished turn {t}"))?;
+                if s.session != Some(*sid) {
+                    return Err(format!("session {sid} lists another session's request {t}"));
+                }
+                if s.arrival <= last_arrival {
+                    return Err(format!("session {sid}'s turns are out of arrival order"));
+                }
+                last_arrival = s.arrival;
+            }
             if let Some(a) = sess.active {
-                if !self.seqs.contains_key(&a) || !sess.blocks.is_empty() {
+                if sess.turns.front() != Some(&a) {
+                    return Err(format!("session {sid}'s running turn {a} is not its first"));
+                }
+                if !sess.tokens.is_empty() || self.kv.pin(*sid).is_some() {
                     return Err(format!(
-                        "session {sid} is active for {a} but the turn is missing or blocks stayed"
+                        "session {sid} is active for {a} but kept its history or pin"
                     ));
                 }
-            } else if sess.blocks.len() != Sequence::blocks_for(sess.num_computed, bs)
-                || sess.num_computed > sess.tokens.len()
-            {
-                return Err(format!(
-                    "idle session {sid} holds {} blocks for {} computed tokens",
-                    sess.blocks.len(),
-                    sess.num_computed
-                ));
-            }
-            for &b in &sess.blocks {
-                refs[b as usize] += 1;
+            } else if let Some(p) = self.kv.pin(*sid) {
+                if p.num_computed > sess.tokens.len() {
+                    return Err(format!(
+                        "session {sid} pins {} computed tokens of a {}-token history",
+                        p.num_computed,
+                        sess.tokens.len()
+                    ));
+                }
             }
         }
-        self.pool.check_invariants(&refs)
+        for (sid, _) in self.kv.pins() {
+            if self.sessions.get(*sid).is_none() {
+                return Err(format!("a pin outlived its session {sid}"));
+            }
+        }
+        self.kv.check_invariants(refs)
     }
 
     /// Check one plan against the state right after `schedule()`: budgets, and every scheduled
@@ -173,7 +204,7 @@ impl Scheduler {
                     ));
                 }
                 let owned = s.blocks[pos / bs];
-                if self.pool.ref_count(owned) > 1 || self.pool.is_published(owned) {
+                if self.kv.ref_count(owned) > 1 || self.kv.is_published(owned) {
                     return Err(format!(
                         "row {r} writes into shared or published block {owned}"
                     ));

@@ -1,11 +1,13 @@
 //! lmrs core: the paged KV block allocator with prefix caching, the session table and the
 //! continuous-batching scheduler, exposed to Python as `lmrs._core.Core`.
 
+mod admission;
 pub mod block_hash;
 pub mod block_pool;
 pub mod cpu_kernels;
 pub mod id_map;
 pub mod invariants;
+pub mod kv_cache_manager;
 pub mod plan;
 mod py_core;
 mod py_kernels;

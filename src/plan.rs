@@ -18,7 +18,7 @@ pub struct Row {
 }
 
 /// Everything the runner needs for one forward pass. Every field is read by the Python model
-/// runner (`worker/model_runner.py`); the sampling fields by `worker/sampler.py`.
+/// runner (`runner/model_runner.py`); the sampling fields by `runner/sampler.py`.
 #[derive(Clone, Debug, Default)]
 pub struct StepPlan {
     /// Request id of each row (rows = scheduled sequences).
@@ -71,6 +71,9 @@ pub struct StepPlan {
     pub history_ids: Vec<i32>,
     /// Number of context tokens at the start of each history row's slice.
     pub history_context_lens: Vec<i32>,
+    /// Rows of embedding requests: the runner sums their final hidden states (the engine pools
+    /// the sums of all chunks into the embedding).
+    pub pool_rows: Vec<i32>,
     /// Requests preempted (by recompute) since the previous plan; the runner drops their state.
     pub preempted_ids: Vec<u64>,
     /// Requests finished or aborted since the previous plan.
@@ -151,6 +154,9 @@ impl StepPlan {
             let row = &mut p.block_table[ri * p.max_blocks..ri * p.max_blocks + nb];
             for (dst, &b) in row.iter_mut().zip(&s.blocks[..nb]) {
                 *dst = b as i32;
+            }
+            if s.embed {
+                p.pool_rows.push(ri as i32);
             }
             if r.take == 1 {
                 p.num_decode_tokens += 1;

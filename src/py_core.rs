@@ -1,14 +1,81 @@
-//! The Python surface: `lmrs._core.Core`, the only #[pyclass] that owns scheduling state, and
-//! the `StepPlan` / `UpdateResult` views it returns. Python refers to requests by id (u64).
+//! The Python surface: `lmrs._core.Core`, the only #[pyclass] that owns scheduling state, the
+//! `StepPlan` / `UpdateResult` views it returns, and `FinishReason`, the one enum of why a
+//! request ended, from the core to every API. Python refers to requests by id (u64).
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::plan::{StepPlan, UpdateResult};
-use crate::scheduler::{CoreConfig, Scheduler};
-use crate::sequence::{FinishReason, SamplingParams, StopParams};
+use crate::scheduler::{AddError, CoreConfig, NewRequest, Scheduler, SessionTurn};
+use crate::sequence::{FinishReason, SamplingParams, StopParams, TurnPrompt, MAX_LOGPROBS};
+
+/// Why a request finished (`UpdateResult.tolist()` gives these; `finish_reasons` holds their
+/// integer values). Each API maps them to its own words in one place.
+#[pyclass(module = "lmrs._core", name = "FinishReason", eq, eq_int, frozen, hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PyFinishReason {
+    /// EOS or a stop token id.
+    #[pyo3(name = "STOP")]
+    Stop = 1,
+    /// A length limit, or a compute-only request (embedding, session update or end) is done.
+    #[pyo3(name = "LENGTH")]
+    Length = 2,
+    /// The session turn was refused before inference: it would reach session_len.
+    #[pyo3(name = "REFUSED")]
+    Refused = 3,
+    /// Aborted: client gone, cancelled (`stop: true`), or timed out.
+    #[pyo3(name = "ABORT")]
+    Abort = 4,
+    /// A stop string was found.
+    #[pyo3(name = "STOP_STRING")]
+    StopString = 5,
+    /// The request failed; its message says why.
+    #[pyo3(name = "ERROR")]
+    Error = 6,
+}
+
+impl From<FinishReason> for PyFinishReason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Stop => PyFinishReason::Stop,
+            FinishReason::Length => PyFinishReason::Length,
+            FinishReason::Refused => PyFinishReason::Refused,
+            FinishReason::Abort => PyFinishReason::Abort,
+            FinishReason::StopString => PyFinishReason::StopString,
+            FinishReason::Error => PyFinishReason::Error,
+        }
+    }
+}
+
+impl From<PyFinishReason> for FinishReason {
+    fn from(r: PyFinishReason) -> Self {
+        FinishReason::from_code(r as u8).expect("the two enums have the same values")
+    }
+}
+
+#[pymethods]
+impl PyFinishReason {
+    /// Lower-case name for statistics, metrics and logs ("stop", "length", "refused", "abort",
+    /// "stop_string", "error").
+    #[getter]
+    fn label(&self) -> &'static str {
+        FinishReason::from(*self).label()
+    }
+
+    /// The reason of an integer value from `UpdateResult.finish_reasons` (None for 0).
+    #[staticmethod]
+    fn from_code(code: u8) -> Option<PyFinishReason> {
+        FinishReason::from_code(code).map(Into::into)
+    }
+
+    /// Every reason, in value order.
+    #[staticmethod]
+    fn all() -> Vec<PyFinishReason> {
+        FinishReason::ALL.iter().map(|&r| r.into()).collect()
+    }
+}
 
 fn value_err(msg: String) -> PyErr {
     PyValueError::new_err(msg)
@@ -81,7 +148,7 @@ array_getters!(PyStepPlan, plan, {
     top_k: i32, min_p: f32, repetition_penalty: f32, presence_penalty: f32,
     frequency_penalty: f32, seeds: i64, logprobs: i32, num_generated: i32, min_tokens: i32,
     history_rows: i32, history_offsets: i32, history_ids: i32, history_context_lens: i32,
-    preempted_ids: u64, finished_ids: u64,
+    pool_rows: i32, preempted_ids: u64, finished_ids: u64,
 });
 
 #[pymethods]
@@ -107,6 +174,11 @@ impl PyStepPlan {
     #[getter]
     fn num_sampled(&self) -> usize {
         self.plan.sample_rows.len()
+    }
+    /// Rows of embedding requests (their hidden states are pooled).
+    #[getter]
+    fn num_pool_rows(&self) -> usize {
+        self.plan.pool_rows.len()
     }
     #[getter]
     fn max_query_len(&self) -> usize {
@@ -160,16 +232,17 @@ impl PyUpdateResult {
     fn __len__(&self) -> usize {
         self.res.req_ids.len()
     }
-    /// The events as a list of tuples (id, token, reason, generated, context, cached), the
-    /// cheapest way to iterate them in Python.
-    fn tolist(&self) -> Vec<(u64, i32, u8, i32, i32, i32)> {
+    /// The events as a list of tuples (id, token, FinishReason or None, generated, context,
+    /// cached), the cheapest way to iterate them in Python.
+    #[allow(clippy::type_complexity)]
+    fn tolist(&self) -> Vec<(u64, i32, Option<PyFinishReason>, i32, i32, i32)> {
         let r = &self.res;
         (0..r.req_ids.len())
             .map(|i| {
                 (
                     r.req_ids[i],
                     r.new_tokens[i],
-                    r.finish_reasons[i],
+                    FinishReason::from_code(r.finish_reasons[i]).map(Into::into),
                     r.num_generated[i],
                     r.num_context_tokens[i],
                     r.num_cached_tokens[i],
@@ -183,8 +256,9 @@ impl PyUpdateResult {
 impl Core {
     #[new]
     #[pyo3(signature = (num_blocks, *, vocab_size, block_size=16, max_num_seqs=256,
-        max_num_batched_tokens=2048, eos_token_ids=vec![], max_model_len=8192,
-        enable_prefix_caching=true, max_sessions=0, session_idle_timeout_s=0.0))]
+        max_num_batched_tokens=2048, max_embed_tokens_with_decodes=0, eos_token_ids=vec![],
+        max_model_len=8192, enable_prefix_caching=true, max_sessions=0,
+        session_idle_timeout_s=0.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_blocks: usize,
@@ -192,6 +266,7 @@ impl Core {
         block_size: usize,
         max_num_seqs: usize,
         max_num_batched_tokens: usize,
+        max_embed_tokens_with_decodes: usize,
         eos_token_ids: Vec<u32>,
         max_model_len: usize,
         enable_prefix_caching: bool,
@@ -203,6 +278,7 @@ impl Core {
             block_size,
             max_num_seqs,
             max_num_batched_tokens,
+            max_embed_tokens_with_decodes,
             enable_prefix_caching,
             vocab_size,
             eos_token_ids,
@@ -215,11 +291,19 @@ impl Core {
         })
     }
 
-    /// Queue request `request_id` with `prompt_ids` (for a session turn: only the new tokens).
+    /// Queue request `request_id`. Without a session, `prompt_ids` is the prompt. A session
+    /// turn (`session_id` >= 0) gives its prompt in two forms, chosen when the turn is admitted:
+    /// `prompt_ids` (the whole conversation, used when the session has no history: new,
+    /// dropped, or `sequence_start`) and `continuation_ids` (appended to an existing history,
+    /// without its first `eos_prefix_len` tokens when the history ends with EOS); without
+    /// `continuation_ids` the prompt is appended as it is. `owner`: the API key; a session
+    /// may only be used by the key that created it (PermissionError otherwise). `embed`: a
+    /// prefill-only embedding request. Raises ValueError for invalid input (nothing queued).
     #[pyo3(signature = (request_id, prompt_ids, *, max_new_tokens=16, min_new_tokens=0,
         stop_token_ids=vec![], ignore_eos=false, session_len=0, temperature=0.0, top_p=1.0,
         top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-        seed=None, logprobs=None, session_id=None, sequence_start=true, sequence_end=false))]
+        seed=None, logprobs=None, session_id=None, sequence_start=true, sequence_end=false,
+        continuation_ids=None, eos_prefix_len=0, owner=None, embed=false))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
@@ -242,12 +326,18 @@ impl Core {
         session_id: Option<i64>,
         sequence_start: bool,
         sequence_end: bool,
+        continuation_ids: Option<&Bound<'_, PyAny>>,
+        eos_prefix_len: usize,
+        owner: Option<String>,
+        embed: bool,
     ) -> PyResult<()> {
         let prompt = to_u32_ids(extract_ids(prompt_ids, "prompt_ids")?, "prompt_ids")?;
         let stop_ids = to_u32_ids(stop_token_ids, "stop_token_ids")?;
         if let Some(l) = logprobs {
-            if !(0..=100).contains(&l) {
-                return Err(value_err(format!("logprobs must be in [0, 100], got {l}")));
+            if !(0..=MAX_LOGPROBS).contains(&l) {
+                return Err(value_err(format!(
+                    "logprobs must be in [0, {MAX_LOGPROBS}], got {l}"
+                )));
             }
         }
         let sampling = SamplingParams {
@@ -268,21 +358,37 @@ impl Core {
             ignore_eos,
             session_len,
         };
-        let session = match session_id {
-            Some(s) if s >= 0 => Some(s),
+        let turn = match session_id {
+            Some(sid) if sid >= 0 => {
+                let continuation = match continuation_ids {
+                    Some(c) => to_u32_ids(extract_ids(c, "continuation_ids")?, "continuation_ids")?,
+                    None => prompt.clone(),
+                };
+                Some(SessionTurn {
+                    session_id: sid,
+                    sequence_start,
+                    sequence_end,
+                    prompt: TurnPrompt {
+                        continuation,
+                        eos_prefix_len,
+                    },
+                    owner,
+                })
+            }
             _ => None,
         };
-        self.inner
-            .add(
-                request_id,
-                prompt,
-                sampling,
-                stop,
-                session,
-                sequence_start,
-                sequence_end,
-            )
-            .map_err(value_err)
+        let req = NewRequest {
+            id: request_id,
+            prompt,
+            sampling,
+            stop,
+            turn,
+            embed,
+        };
+        self.inner.add_request(req).map_err(|e| match e {
+            AddError::Invalid(m) => value_err(m),
+            AddError::NotOwner(n) => PyPermissionError::new_err(n.to_string()),
+        })
     }
 
     /// Plan the next step (releases the GIL while scheduling).
@@ -302,6 +408,15 @@ impl Core {
         Ok(PyUpdateResult { res })
     }
 
+    /// The plan in flight failed (forward pass or sampling raised): end only its requests with
+    /// FinishReason.ERROR and `message`; sessions keep their history up to the last completed
+    /// token. Returns the events since the last update (those error events included).
+    fn fail_step(&mut self, message: &str) -> PyUpdateResult {
+        PyUpdateResult {
+            res: self.inner.fail_step(message),
+        }
+    }
+
     /// Abort a waiting or running request (client gone, cancel, timeout): its blocks go back to
     /// the pool, or stay with its session.
     fn abort(&mut self, request_id: u64) -> PyResult<()> {
@@ -317,7 +432,18 @@ impl Core {
             .map_err(PyKeyError::new_err)
     }
 
-    /// End a session: abort its requests and release its blocks. Returns whether it existed.
+    /// `stop: true`: abort the session's current turn (running, or the first waiting); the
+    /// turns queued behind it run afterwards. Returns the aborted request id, or None.
+    /// PermissionError when the session belongs to another API key.
+    #[pyo3(signature = (session_id, owner=None))]
+    fn cancel_session(&mut self, session_id: i64, owner: Option<&str>) -> PyResult<Option<u64>> {
+        self.inner
+            .cancel_session(session_id, owner)
+            .map_err(|e| PyPermissionError::new_err(e.to_string()))
+    }
+
+    /// End a session now: abort its turns (reported as ABORT events by the next update),
+    /// release its blocks, forget its history. Returns whether it existed.
     fn end_session(&mut self, session_id: i64) -> bool {
         self.inner.end_session(session_id)
     }
@@ -342,12 +468,13 @@ impl Core {
         let s = &self.inner;
         let c = &s.counters;
         let d = PyDict::new(py);
-        d.set_item("num_blocks", s.pool.num_usable())?;
+        d.set_item("num_blocks", s.kv.num_usable())?;
         d.set_item("block_size", s.cfg.block_size)?;
-        d.set_item("blocks_free", s.pool.num_free())?;
-        d.set_item("blocks_used", s.pool.num_used())?;
-        d.set_item("blocks_cached", s.pool.num_free_cached())?;
-        d.set_item("blocks_pinned_by_sessions", s.sessions.num_pinned_blocks())?;
+        d.set_item("blocks_free", s.kv.num_free())?;
+        d.set_item("blocks_used", s.kv.num_used())?;
+        d.set_item("blocks_cached", s.kv.num_free_cached())?;
+        d.set_item("blocks_pinned_by_sessions", s.kv.num_pinned_blocks())?;
+        d.set_item("session_pin_evictions", s.kv.num_pin_evictions)?;
         d.set_item("running", s.num_running())?;
         d.set_item("waiting", s.num_waiting())?;
         d.set_item("sessions", s.sessions.len())?;
@@ -358,20 +485,11 @@ impl Core {
         d.set_item("prefix_query_tokens", c.prefix_query_tokens)?;
         d.set_item("prefix_hit_tokens", c.prefix_hit_tokens)?;
         d.set_item("session_hit_tokens", c.session_hit_tokens)?;
-        d.set_item("prefix_cache_evictions", s.pool.evictions)?;
+        d.set_item("prefix_cache_evictions", s.kv.num_cache_evictions())?;
         d.set_item("preemptions", c.preemptions)?;
         d.set_item("requests_added", c.requests_added)?;
-        let names = [
-            "",
-            "stop",
-            "length",
-            "refused",
-            "abort",
-            "stop_string",
-            "error",
-        ];
-        for (i, n) in names.iter().enumerate().skip(1) {
-            d.set_item(format!("finished_{n}"), c.finished[i])?;
+        for r in FinishReason::ALL {
+            d.set_item(format!("finished_{}", r.label()), c.finished[r as usize])?;
         }
         Ok(d)
     }
@@ -408,11 +526,21 @@ impl Core {
         let Some(s) = self.inner.sessions.get(session_id) else {
             return Ok(None);
         };
+        let pin = self.inner.kv.pin(session_id);
         let d = PyDict::new(py);
         d.set_item("history_len", s.tokens.len())?;
-        d.set_item("num_computed", s.num_computed)?;
-        d.set_item("num_blocks", s.blocks.len())?;
+        d.set_item("num_computed", pin.map_or(0, |p| p.num_computed))?;
+        d.set_item("num_blocks", pin.map_or(0, |p| p.blocks.len()))?;
         d.set_item("busy", s.active.is_some())?;
+        d.set_item("turns", s.turns.iter().copied().collect::<Vec<u64>>())?;
+        d.set_item("running_turn", s.active)?;
+        d.set_item("owner", s.owner.clone())?;
+        d.set_item(
+            "ends_with_eos",
+            s.tokens
+                .last()
+                .is_some_and(|t| self.inner.cfg.eos_token_ids.contains(t)),
+        )?;
         d.set_item("token_ids", s.tokens.clone())?;
         Ok(Some(d))
     }
@@ -450,11 +578,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_class::<PyStepPlan>()?;
     m.add_class::<PyUpdateResult>()?;
-    m.add("FINISH_STOP", FinishReason::Stop as u8)?;
-    m.add("FINISH_LENGTH", FinishReason::Length as u8)?;
-    m.add("FINISH_REFUSED", FinishReason::Refused as u8)?;
-    m.add("FINISH_ABORT", FinishReason::Abort as u8)?;
-    m.add("FINISH_STOP_STRING", FinishReason::StopString as u8)?;
-    m.add("FINISH_ERROR", FinishReason::Error as u8)?;
+    m.add_class::<PyFinishReason>()?;
+    m.add("MAX_LOGPROBS", MAX_LOGPROBS)?;
     Ok(())
 }

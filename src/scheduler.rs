@@ -1,19 +1,19 @@
 //! The scheduler's state and control calls: configuration, the request table, the waiting
-//! queue and running list, adding, aborting, finishing and preempting requests, sessions'
-//! ends, and statistics. One step's scheduling is in `schedule_step.rs`, its update in
-//! `update_step.rs`.
+//! queue and running list, adding (validated, owner-checked), aborting, cancelling a
+//! session's current turn, ending sessions, retiring and preempting requests, statistics.
+//! One step's scheduling is in `schedule_step.rs` (admission in `admission.rs`), its update
+//! in `update_step.rs`. The KV side is behind `kv_cache_manager.rs`.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::block_pool::BlockPool;
+use crate::kv_cache_manager::{KvCacheManager, SessionPin};
 use crate::plan::{Row, UpdateResult};
 use crate::seq_table::SeqTable;
 use crate::sequence::{
-    FinishReason, RequestId, SamplingParams, SeqStatus, Sequence, SessionId, StopParams,
+    FinishReason, RequestId, SamplingParams, SeqStatus, Sequence, SessionId, StopParams, TurnPrompt,
 };
-use crate::session::{SessionTable, TurnState};
-
+use crate::session::{NotOwner, SessionTable};
 /// Static configuration of a `Core`.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -25,6 +25,10 @@ pub struct CoreConfig {
     pub max_num_seqs: usize,
     /// Most tokens computed in one step (decodes + prefill chunks).
     pub max_num_batched_tokens: usize,
+    /// Most embedding (prefill-only) tokens in a step that also runs generating requests, so a
+    /// large embeddings call cannot stall their streams (0: no separate limit). Alone, embedding
+    /// requests use the whole budget.
+    pub max_embed_tokens_with_decodes: usize,
     pub enable_prefix_caching: bool,
     /// Token ids must be below this.
     pub vocab_size: u32,
@@ -66,7 +70,7 @@ pub(crate) struct InFlight {
 /// All scheduling state: block pool, requests, queues and sessions.
 pub struct Scheduler {
     pub cfg: CoreConfig,
-    pub pool: BlockPool,
+    pub kv: KvCacheManager,
     pub sessions: SessionTable,
     pub(crate) seqs: SeqTable,
     pub(crate) waiting: VecDeque<RequestId>,
@@ -78,6 +82,8 @@ pub struct Scheduler {
     pub(crate) preempted_since_plan: Vec<RequestId>,
     pub(crate) finished_since_plan: Vec<RequestId>,
     pub counters: Counters,
+    /// Embedding requests not finished (the embedding share of a step applies only with some).
+    pub(crate) num_embed: usize,
     pub(crate) tick: u64,
     arrivals: u64,
     clock: Instant,
@@ -116,7 +122,7 @@ impl Scheduler {
             ));
         }
         Ok(Scheduler {
-            pool: BlockPool::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching),
+            kv: KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching),
             sessions: SessionTable::new(cfg.max_sessions, cfg.session_idle_timeout_s),
             cfg,
             seqs: SeqTable::default(),
@@ -127,6 +133,7 @@ impl Scheduler {
             preempted_since_plan: Vec::new(),
             finished_since_plan: Vec::new(),
             counters: Counters::default(),
+            num_embed: 0,
             tick: 0,
             arrivals: 0,
             clock: Instant::now(),
@@ -154,45 +161,115 @@ impl Scheduler {
         self.seqs.get(&id)
     }
 
-    /// Queue a request. Validates everything first and changes nothing on error.
+    /// Queue a request without a session owner or continuation form (tests and tools): a
+    /// session turn's prompt is appended to the history as it is.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         id: RequestId,
         prompt: Vec<u32>,
         sampling: SamplingParams,
-        mut stop: StopParams,
+        stop: StopParams,
         session: Option<SessionId>,
         sequence_start: bool,
         sequence_end: bool,
     ) -> Result<(), String> {
+        let turn = session.map(|session_id| SessionTurn {
+            session_id,
+            sequence_start,
+            sequence_end,
+            prompt: TurnPrompt {
+                continuation: prompt.clone(),
+                eos_prefix_len: 0,
+            },
+            owner: None,
+        });
+        self.add_request(NewRequest {
+            id,
+            prompt,
+            sampling,
+            stop,
+            turn,
+            embed: false,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Queue a request. Validates everything first and changes nothing on error. A session
+    /// turn queues behind the session's unfinished turns (creating the session record).
+    pub fn add_request(&mut self, req: NewRequest) -> Result<(), AddError> {
+        let NewRequest {
+            id,
+            prompt,
+            sampling,
+            mut stop,
+            turn,
+            embed,
+        } = req;
+        let invalid = |m: String| Err(AddError::Invalid(m));
         if self.seqs.contains_key(&id) {
-            return Err(format!("request id {id} is already in use"));
+            return invalid(format!("request id {id} is already in use"));
         }
-        sampling.validate()?;
+        sampling.validate().map_err(AddError::Invalid)?;
         let vocab = self.cfg.vocab_size;
-        if let Some((i, &t)) = prompt.iter().enumerate().find(|(_, &t)| t >= vocab) {
-            return Err(format!(
+        let outside = |ids: &[u32]| {
+            ids.iter()
+                .enumerate()
+                .find(|(_, &t)| t >= vocab)
+                .map(|(i, &t)| (i, t))
+        };
+        if let Some((i, t)) = outside(&prompt) {
+            return invalid(format!(
                 "prompt token {i} has id {t}, outside the vocabulary (size {vocab})"
             ));
         }
+        if let Some(t) = turn.as_ref().and_then(|t| outside(&t.prompt.continuation)) {
+            return invalid(format!(
+                "continuation token {} has id {}, outside the vocabulary (size {vocab})",
+                t.0, t.1
+            ));
+        }
         if let Some(&t) = stop.stop_token_ids.iter().find(|&&t| t >= vocab) {
-            return Err(format!(
+            return invalid(format!(
                 "stop token id {t} is outside the vocabulary (size {vocab})"
             ));
         }
         if stop.session_len == 0 {
             stop.session_len = self.cfg.max_model_len as u32;
         } else if stop.session_len as usize > self.cfg.max_model_len {
-            return Err(format!(
+            return invalid(format!(
                 "session_len {} exceeds the model's context length {}",
                 stop.session_len, self.cfg.max_model_len
             ));
         }
-        if session.is_none() && prompt.is_empty() && stop.max_new_tokens > 0 {
-            return Err("the prompt is empty: give at least one token to generate from".into());
+        if turn.is_none() && prompt.is_empty() && (stop.max_new_tokens > 0 || embed) {
+            return invalid("the prompt is empty: give at least one token to generate from".into());
+        }
+        if embed && (turn.is_some() || stop.max_new_tokens > 0) {
+            return invalid("an embedding request has no session and generates nothing".into());
+        }
+        if let Some(t) = &turn {
+            if t.prompt.eos_prefix_len > t.prompt.continuation.len() {
+                return invalid("eos_prefix_len is longer than the continuation".into());
+            }
+            self.sessions
+                .check_owner(t.session_id, t.owner.as_deref())
+                .map_err(AddError::NotOwner)?;
         }
         self.arrivals += 1;
+        let (session, sequence_start, sequence_end, turn_prompt) = match turn {
+            Some(t) => {
+                self.sessions
+                    .enqueue_turn(t.session_id, id, t.owner.as_deref());
+                (
+                    Some(t.session_id),
+                    t.sequence_start,
+                    t.sequence_end,
+                    t.prompt,
+                )
+            }
+            None => (None, true, false, TurnPrompt::default()),
+        };
         let seq = Sequence {
             id,
             num_context_tokens: prompt.len(),
@@ -207,18 +284,22 @@ impl Scheduler {
             sequence_start,
             sequence_end,
             merged: session.is_none(),
+            turn: turn_prompt,
+            embed,
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: self.arrivals,
         };
         self.seqs.insert(id, seq);
         self.waiting.push_back(id);
+        self.num_embed += usize::from(embed);
         self.counters.requests_added += 1;
         Ok(())
     }
 
-    /// End a request now with `reason` (Abort: client gone or cancelled; StopString: a stop
-    /// string found by Python). Its blocks return to the pool, or to its session if kept.
+    /// End a request now with `reason` (Abort: client gone, cancelled or timed out;
+    /// StopString: a stop string found by Python). Its blocks return to the pool, or to its
+    /// session if kept. Python reports the request's end itself (no event is queued).
     pub fn abort(&mut self, id: RequestId, reason: FinishReason) -> Result<(), String> {
         let status = match self.seqs.get(&id) {
             Some(s) => s.status,
@@ -239,53 +320,101 @@ impl Scheduler {
         Ok(())
     }
 
-    /// End a session: abort its running and waiting requests, release its blocks.
-    /// Returns whether the session existed or had requests.
+    /// `stop: true`: abort the session's current turn (the running one, or the first waiting
+    /// one); the turns queued behind it run afterwards. Returns the aborted request, if any.
+    pub fn cancel_session(
+        &mut self,
+        sid: SessionId,
+        owner: Option<&str>,
+    ) -> Result<Option<RequestId>, NotOwner> {
+        self.sessions.check_owner(sid, owner)?;
+        let Some(id) = self.sessions.current_turn(sid) else {
+            return Ok(None);
+        };
+        self.abort(id, FinishReason::Abort)
+            .expect("a session's turn is a known request");
+        Ok(Some(id))
+    }
+
+    /// End a session now: abort its turns (reported as Abort events by the next update),
+    /// release its pinned blocks, forget its history. Returns whether it existed.
     pub fn end_session(&mut self, sid: SessionId) -> bool {
-        let pending: Vec<RequestId> = self
-            .seqs
-            .values()
-            .filter(|s| s.session == Some(sid))
-            .map(|s| s.id)
-            .collect();
-        for id in &pending {
-            let _ = self.abort(*id, FinishReason::Abort);
+        let Some(sess) = self.sessions.get(sid) else {
+            return false;
+        };
+        let turns: Vec<RequestId> = sess.turns.iter().copied().collect();
+        for id in turns {
+            let status = self.seqs[&id].status;
+            match status {
+                SeqStatus::Waiting => self.waiting.retain(|&w| w != id),
+                SeqStatus::Running => {
+                    let slot = self.seqs.slot_of(&id).expect("known request");
+                    self.running.retain(|&r| r != slot);
+                }
+            }
+            self.finish_with_event(id, FinishReason::Abort, -1, None);
         }
-        self.sessions.remove(sid, &mut self.pool).is_some() || !pending.is_empty()
+        self.kv.release_pin(sid);
+        self.sessions.remove(sid);
+        true
     }
 
     /// Remove a finished request (already out of the queues): hand its history and blocks to
     /// its session, or release them; record it for the runner and the counters.
     pub(crate) fn retire(&mut self, id: RequestId, reason: FinishReason) {
         let mut seq = self.seqs.remove(&id).expect("retire of a known request");
-        if let Some(sid) = seq.session {
-            if seq.merged {
+        self.num_embed -= usize::from(seq.embed);
+        match seq.session {
+            Some(sid) if seq.merged => {
+                let tick = self.next_tick();
+                let now = self.now();
                 if seq.sequence_end {
-                    seq.release_blocks(&mut self.pool);
-                    self.sessions.remove(sid, &mut self.pool);
+                    // The turn ends the session (also when it was aborted or failed).
+                    seq.release_blocks(&mut self.kv);
+                    self.sessions.end_turn(sid, id, None, tick, now);
                 } else {
-                    let now = self.now();
-                    let tick = self.next_tick();
-                    let state = TurnState {
-                        tokens: std::mem::take(&mut seq.tokens),
-                        num_computed: seq.num_computed,
-                        blocks: std::mem::take(&mut seq.blocks),
-                        block_hashes: std::mem::take(&mut seq.block_hashes),
-                    };
-                    self.sessions.end_turn(sid, state, tick, now);
+                    // The session keeps the history up to the last completed token and the
+                    // blocks holding what was computed.
+                    seq.trim_blocks_to_computed(&mut self.kv);
+                    self.kv.pin_session(
+                        sid,
+                        SessionPin {
+                            blocks: std::mem::take(&mut seq.blocks),
+                            block_hashes: std::mem::take(&mut seq.block_hashes),
+                            num_computed: seq.num_computed,
+                            last_used: tick,
+                        },
+                    );
+                    self.sessions.end_turn(
+                        sid,
+                        id,
+                        Some(std::mem::take(&mut seq.tokens)),
+                        tick,
+                        now,
+                    );
                 }
-            } else if seq.sequence_end
-                && matches!(reason, FinishReason::Refused | FinishReason::Error)
-            {
-                // A turn that was refused before it ran but asked to end the session still
-                // ends it (it was not busy, or the turn could not have been considered).
-                self.sessions.remove(sid, &mut self.pool);
             }
-        } else {
-            seq.release_blocks(&mut self.pool);
+            Some(sid) => {
+                // A turn that never ran. Refused or impossible with sequence_end: the session
+                // still ends (the client asked for it). Aborted: the session is left as it was.
+                self.sessions.forget_turn(sid, id);
+                if seq.sequence_end && matches!(reason, FinishReason::Refused | FinishReason::Error)
+                {
+                    self.end_idle_history(sid);
+                }
+            }
+            None => seq.release_blocks(&mut self.kv),
         }
         self.finished_since_plan.push(id);
         self.counters.finished[reason as usize] += 1;
+    }
+
+    /// Drop the history and pinned blocks of a session no turn is running.
+    pub(crate) fn end_idle_history(&mut self, sid: SessionId) {
+        if self.sessions.get(sid).is_some_and(|s| s.active.is_none()) {
+            self.kv.release_pin(sid);
+            self.sessions.end_history(sid);
+        }
     }
 
     /// Finish a request during scheduling or update and report it with the next update.
@@ -311,12 +440,22 @@ impl Scheduler {
         self.running.retain(|&r| r != slot);
         let seq = self.seqs.at_mut(slot);
         let id = seq.id;
-        seq.release_blocks(&mut self.pool);
+        seq.release_blocks(&mut self.kv);
         seq.status = SeqStatus::Waiting;
         seq.num_preemptions += 1;
         self.waiting.push_front(id);
         self.preempted_since_plan.push(id);
         self.counters.preemptions += 1;
+    }
+
+    /// Drop idle sessions past the idle timeout or over the count limit.
+    pub(crate) fn expire_sessions(&mut self) {
+        let now = self.now();
+        for sid in self.sessions.expired(now) {
+            self.kv.release_pin(sid);
+            self.sessions.remove(sid);
+            self.sessions.num_dropped += 1;
+        }
     }
 
     pub(crate) fn next_tick(&mut self) -> u64 {
@@ -326,6 +465,50 @@ impl Scheduler {
 
     /// Drop every cached hash of free blocks (for tests and for a cache flush).
     pub fn reset_prefix_cache(&mut self) -> usize {
-        self.pool.reset_prefix_cache()
+        self.kv.reset_prefix_cache()
+    }
+}
+
+/// A session turn's part of a request.
+#[derive(Clone, Debug)]
+pub struct SessionTurn {
+    pub session_id: SessionId,
+    /// Drop the session's history first.
+    pub sequence_start: bool,
+    /// End the session after this turn (with nothing to generate: at once, without compute).
+    pub sequence_end: bool,
+    /// The continuation form of the prompt (used when the session has a history).
+    pub prompt: TurnPrompt,
+    /// The API key of the client; a session may only be used by the key that created it.
+    pub owner: Option<String>,
+}
+
+/// Everything `add_request` needs.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub id: RequestId,
+    /// The prompt; for a session turn the whole-conversation form (used without a history).
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub stop: StopParams,
+    pub turn: Option<SessionTurn>,
+    pub embed: bool,
+}
+
+/// Why `add_request` refused a request (nothing changed).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddError {
+    /// A parameter is invalid (the message names it).
+    Invalid(String),
+    /// The session belongs to another API key.
+    NotOwner(NotOwner),
+}
+
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddError::Invalid(m) => f.write_str(m),
+            AddError::NotOwner(e) => e.fmt(f),
+        }
     }
 }

@@ -2,7 +2,12 @@
 //! the KV blocks it holds, its limits and its sampling parameters.
 
 use crate::block_hash::{hash_block, BlockHash, ROOT_HASH};
-use crate::block_pool::{BlockId, BlockPool};
+use crate::block_pool::BlockId;
+use crate::kv_cache_manager::KvCacheManager;
+
+/// Most top log-probabilities a request may ask for per token (the one limit, exported to
+/// Python as `MAX_LOGPROBS`).
+pub const MAX_LOGPROBS: i32 = 20;
 
 /// Request id chosen by Python.
 pub type RequestId = u64;
@@ -81,6 +86,12 @@ impl SamplingParams {
                 self.frequency_penalty
             ));
         }
+        if self.logprobs > MAX_LOGPROBS {
+            return Err(format!(
+                "logprobs must be at most {MAX_LOGPROBS}, got {}",
+                self.logprobs
+            ));
+        }
         Ok(())
     }
 
@@ -114,22 +125,64 @@ pub enum SeqStatus {
     Running,
 }
 
-/// Why a request finished. The numeric values are what Python sees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a request finished: the one list of reasons, from the core to every API (each API maps
+/// them to its own words once). The numeric values are what `UpdateResult` carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FinishReason {
     /// EOS or a stop token id.
     Stop = 1,
-    /// max_new_tokens, session_len or KV capacity reached while generating.
+    /// max_new_tokens, session_len or KV capacity reached while generating; or a request that
+    /// only computes (an embedding, a session update or end) has nothing left to compute.
     Length = 2,
-    /// The turn was refused before any inference: history + prompt would reach session_len.
+    /// The session turn was refused before any inference: history + prompt would reach session_len.
     Refused = 3,
-    /// Aborted by Python (client gone, cancel, timeout).
+    /// Aborted: the client left, cancelled (`stop: true`), or timed out.
     Abort = 4,
-    /// A stop string was found by Python's detokenizer (reported as "stop").
+    /// A stop string was found by Python's detokenizer.
     StopString = 5,
-    /// The request can never run (e.g. more blocks than the pool has); see the error text.
+    /// The request failed (it can never fit, or a step running it failed); see its message.
     Error = 6,
+}
+
+impl FinishReason {
+    pub const ALL: [FinishReason; 6] = [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::Refused,
+        FinishReason::Abort,
+        FinishReason::StopString,
+        FinishReason::Error,
+    ];
+
+    /// The reason for a numeric value (None for 0, "still running").
+    pub fn from_code(code: u8) -> Option<FinishReason> {
+        Self::ALL.get((code as usize).wrapping_sub(1)).copied()
+    }
+
+    /// Lower-case name, used in statistics, metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Refused => "refused",
+            FinishReason::Abort => "abort",
+            FinishReason::StopString => "stop_string",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// A session turn's prompt in two forms, chosen when the turn is admitted: `Sequence::tokens`
+/// holds the whole conversation (used when the session has no history: new, dropped, or
+/// `sequence_start`), `continuation` the tokens that extend an existing history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TurnPrompt {
+    /// Tokens appended to an existing history.
+    pub continuation: Vec<u32>,
+    /// Leading tokens of `continuation` that close the previous reply with EOS; dropped when
+    /// the history already ends with an EOS id (the model generated it).
+    pub eos_prefix_len: usize,
 }
 
 /// One request's scheduling state.
@@ -153,8 +206,14 @@ pub struct Sequence {
     pub session: Option<SessionId>,
     pub sequence_start: bool,
     pub sequence_end: bool,
-    /// Whether the session history was merged in (done once, at first admission).
+    /// Whether the session history was merged in (done once, at first admission); always
+    /// true for a request without a session.
     pub merged: bool,
+    /// A session turn's continuation form, used at admission when the session has a history.
+    pub turn: TurnPrompt,
+    /// An embedding request: prefill only, every token computed (no prefix-cache reuse), the
+    /// final hidden states of its rows pooled by the runner.
+    pub embed: bool,
     /// Context tokens found in the prefix cache or the session at admission (not recomputed).
     pub num_cached_tokens: usize,
     pub num_preemptions: u32,
@@ -184,8 +243,8 @@ impl Sequence {
     }
 
     /// Publish every full, computed block not yet hashed, chaining from the last known hash.
-    pub fn publish_full_blocks(&mut self, pool: &mut BlockPool) {
-        let bs = pool.block_size();
+    pub fn publish_full_blocks(&mut self, kv: &mut KvCacheManager) {
+        let bs = kv.block_size();
         let full = self.num_computed >> bs.trailing_zeros();
         while self.block_hashes.len() < full {
             let i = self.block_hashes.len();
@@ -196,14 +255,24 @@ impl Sequence {
             };
             let toks = &self.tokens[i * bs..(i + 1) * bs];
             let h = hash_block(parent, toks);
-            pool.publish(self.blocks[i], parent, h, toks);
+            kv.publish(self.blocks[i], parent, h, toks);
             self.block_hashes.push(h);
         }
     }
 
+    /// Give back the blocks beyond those holding the computed tokens (blocks allocated for a
+    /// step whose results were not applied).
+    pub fn trim_blocks_to_computed(&mut self, kv: &mut KvCacheManager) {
+        let keep = Self::blocks_for(self.num_computed, kv.block_size());
+        if self.blocks.len() > keep {
+            let extra: Vec<BlockId> = self.blocks.drain(keep..).collect();
+            kv.release(&extra);
+        }
+    }
+
     /// Give every block back to the pool and forget the computed state (tokens are kept).
-    pub fn release_blocks(&mut self, pool: &mut BlockPool) {
-        pool.release_sequence(&self.blocks);
+    pub fn release_blocks(&mut self, kv: &mut KvCacheManager) {
+        kv.release(&self.blocks);
         self.blocks.clear();
         self.block_hashes.clear();
         self.num_computed = 0;
@@ -251,6 +320,10 @@ mod tests {
                 frequency_penalty: -2.5,
                 ..ok.clone()
             },
+            SamplingParams {
+                logprobs: MAX_LOGPROBS + 1,
+                ..ok.clone()
+            },
         ];
         for b in bad {
             assert!(b.validate().is_err(), "{b:?} should be invalid");
@@ -259,13 +332,13 @@ mod tests {
 
     #[test]
     fn publish_full_blocks_chains() {
-        let mut pool = BlockPool::new(8, 2, true);
+        let mut kv = KvCacheManager::new(8, 2, true);
         let mut s = Sequence {
             id: 1,
             tokens: vec![1, 2, 3, 4, 5],
             num_context_tokens: 5,
             num_computed: 5,
-            blocks: pool.allocate(3).unwrap(),
+            blocks: kv.allocate(3).unwrap(),
             block_hashes: vec![],
             sampling: SamplingParams::default(),
             stop: StopParams::default(),
@@ -274,20 +347,26 @@ mod tests {
             sequence_start: true,
             sequence_end: false,
             merged: true,
+            turn: TurnPrompt::default(),
+            embed: false,
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: 0,
         };
-        s.publish_full_blocks(&mut pool);
+        s.publish_full_blocks(&mut kv);
         assert_eq!(s.block_hashes.len(), 2);
-        assert!(pool.is_published(s.blocks[0]) && pool.is_published(s.blocks[1]));
-        assert!(!pool.is_published(s.blocks[2]));
+        assert!(kv.is_published(s.blocks[0]) && kv.is_published(s.blocks[1]));
+        assert!(!kv.is_published(s.blocks[2]));
         assert_eq!(
             s.block_hashes[1],
             hash_block(hash_block(ROOT_HASH, &[1, 2]), &[3, 4])
         );
-        s.release_blocks(&mut pool);
-        assert_eq!(pool.num_free(), 7);
-        assert_eq!(pool.num_free_cached(), 2);
+        s.num_computed = 3;
+        s.trim_blocks_to_computed(&mut kv);
+        assert_eq!(s.blocks.len(), 2);
+        assert_eq!(kv.num_free(), 5);
+        s.release_blocks(&mut kv);
+        assert_eq!(kv.num_free(), 7);
+        assert_eq!(kv.num_free_cached(), 2);
     }
 }

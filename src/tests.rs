@@ -3,6 +3,7 @@
 
 mod proptests;
 mod scenarios;
+mod sessions;
 
 use crate::plan::{StepPlan, UpdateResult};
 use crate::scheduler::{CoreConfig, Scheduler};
@@ -22,6 +23,7 @@ pub(crate) fn config(
         block_size,
         max_num_seqs: max_seqs,
         max_num_batched_tokens: budget,
+        max_embed_tokens_with_decodes: 0,
         enable_prefix_caching: true,
         vocab_size: VOCAB,
         eos_token_ids: vec![EOS],

@@ -1,7 +1,8 @@
 //! One step's update: advance each scheduled row's computed count, publish newly full blocks
 //! in the prefix cache, append the sampled tokens, and apply EOS / stop ids / max tokens /
 //! session_len. Returns the per-request events of the step (plus finish events decided while
-//! scheduling, such as refusals).
+//! scheduling, such as refusals). Or, when the step failed, `fail_step`: only the requests of
+//! that step end (with an error), keeping what earlier steps computed.
 
 use crate::id_map::IdSet;
 use crate::plan::UpdateResult;
@@ -61,7 +62,7 @@ impl Scheduler {
                 .min(row.take);
             s.num_computed += row.take;
             self.counters.prompt_tokens_computed += context_before as u64;
-            s.publish_full_blocks(&mut self.pool);
+            s.publish_full_blocks(&mut self.kv);
             let reason = match token {
                 Some(t) => {
                     s.tokens.push(t);
@@ -106,5 +107,27 @@ impl Scheduler {
             }
         }
         Ok(out)
+    }
+
+    /// The step of the plan in flight failed (its forward pass or sampling raised): end each
+    /// of its requests with `FinishReason::Error` and `message`. Nothing of that step is
+    /// applied: the requests' blocks go back (a session keeps its history up to the last
+    /// completed token and the blocks of what was computed, so it can continue). Requests
+    /// that were not in the step are untouched. Returns the events since the last update.
+    pub fn fail_step(&mut self, message: &str) -> UpdateResult {
+        let mut out = std::mem::take(&mut self.events);
+        let Some(flight) = self.in_flight.take() else {
+            return out;
+        };
+        for row in &flight.rows {
+            let Some(s) = self.seqs.at_if(row.slot, row.id) else {
+                continue; // aborted while in flight
+            };
+            out.push(s, -1, FinishReason::Error as u8);
+            out.errors.push((row.id, message.to_string()));
+            self.running.retain(|&slot| slot != row.slot);
+            self.retire(row.id, FinishReason::Error);
+        }
+        out
     }
 }

@@ -47,7 +47,7 @@ def test_continuous_batching_joins_next_step():
     assert plan.num_decode_rows == 2 and plan.num_prefill_tokens == 9
     run_all(core, outs)
     for rid, seed, n in [(1, 1, 5), (2, 2, 7), (3, 3, 9)]:
-        assert outs[rid] == (expected(prompt(n, seed), 12), _core.FINISH_LENGTH)
+        assert outs[rid] == (expected(prompt(n, seed), 12), _core.FinishReason.LENGTH)
 
 
 def test_chunked_prefill_of_a_prompt_longer_than_the_budget():
@@ -144,7 +144,7 @@ def test_abort_frees_blocks():
         (dict(prompt_ids=[1], temperature=-1.0), "temperature"),
         (dict(prompt_ids=[1], stop_token_ids=[VOCAB + 5]), "stop token id"),
         (dict(prompt_ids=[1], session_len=10**6), "session_len"),
-        (dict(prompt_ids=[1], logprobs=1000), "logprobs"),
+        (dict(prompt_ids=[1], logprobs=_core.MAX_LOGPROBS + 1), "logprobs"),
     ],
 )
 def test_invalid_add_raises_and_changes_nothing(kwargs, match):
@@ -176,5 +176,45 @@ def test_a_prompt_larger_than_the_pool_fails_with_a_reason():
     core = make_core(num_blocks=5)  # 4 usable blocks of 4 tokens
     core.add(1, prompt(30, 1), max_new_tokens=2)
     _, res = step(core)
-    assert res.finish_reasons.tolist() == [_core.FINISH_ERROR]
+    assert res.finish_reasons.tolist() == [int(_core.FinishReason.ERROR)]
+    assert res.tolist()[0][2] == _core.FinishReason.ERROR
     assert "pool has only 4" in res.errors[0][1]
+
+
+def test_session_turns_owner_cancel_and_continuation_forms():
+    core = make_core(max_model_len=512)
+    core.add(1, [5, 6, 7], max_new_tokens=2, ignore_eos=True, session_id=3, owner="a",
+             continuation_ids=[60, 61], eos_prefix_len=1)
+    with pytest.raises(PermissionError, match="session 3 does not exist for this API key"):
+        core.add(2, [1], max_new_tokens=1, session_id=3, owner="b")
+    with pytest.raises(PermissionError):
+        core.cancel_session(3, "b")
+    info = core.session_info(3)
+    assert info["turns"] == [1] and info["owner"] == "a" and info["history_len"] == 0
+    run_all(core)
+    assert core.session_info(3)["token_ids"][:3] == [5, 6, 7], "no history: the whole form"
+    # the next turn continues the history: its continuation form, the leading EOS kept (no EOS yet)
+    core.add(3, [9], max_new_tokens=50, ignore_eos=True, session_id=3, sequence_start=False, owner="a",
+             continuation_ids=[0, 8], eos_prefix_len=1)
+    step(core)
+    step(core)
+    assert core.cancel_session(3, "a") == 3
+    hist = core.session_info(3)["token_ids"]
+    assert hist[5:7] == [0, 8] and len(hist) == 3 + 2 + 2 + 2
+    assert core.cancel_session(3, "a") is None
+    core.check_invariants()
+
+
+def test_fail_step_ends_only_the_step_and_embeddings_pool_rows():
+    core = make_core(budget=8)
+    core.add(1, prompt(6, 1), max_new_tokens=20, ignore_eos=True)
+    step(core)
+    core.add(2, prompt(12, 2), max_new_tokens=0, embed=True)
+    plan = core.schedule()
+    assert plan.num_pool_rows == 1 and plan.req_ids[plan.pool_rows[0]] == 2
+    res = core.fail_step("boom")
+    core.check_invariants()
+    assert sorted(r[0] for r in res.tolist()) == [1, 2]
+    assert all(r[2] == _core.FinishReason.ERROR for r in res.tolist()) and dict(res.errors) == {1: "boom", 2: "boom"}
+    assert core.stats()["blocks_used"] == 0 and not core.has_unfinished()
+    assert [r.label for r in _core.FinishReason.all()] == ["stop", "length", "refused", "abort", "stop_string", "error"]

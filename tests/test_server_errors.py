@@ -44,6 +44,10 @@ CASES = [
     ("post", "/generate", {"prompt": "", "stop": True}, 400, ["session_id"]),
     ("post", "/generate", {"prompt": LONG[:60000]}, 413, ["prompt", "context length"]),
     ("post", "/generate", {"prompt": [{"role": "wizard", "content": "x"}]}, 400, ["role"]),
+    ("post", "/generate", {"prompt": [{"role": "user"}]}, 400, ["content"]),
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, ["content"]),
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "sequence_end": True}, 400,
+     ["session_id"]),
     ("post", "/v1/chat/completions", {"messages": []}, 400, ["messages"]),
     ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "nope"}, 404, ["nope"]),
     ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400, ["max_tokens"]),
@@ -101,6 +105,11 @@ def test_openapi_document_is_valid_and_complete(server):
         assert path in doc["paths"]
     gen = doc["components"]["schemas"]["GenerateRequest"]["properties"]
     assert {"prompt", "session_id", "sequence_start", "sequence_end", "stream", "stop", "request_output_len"} <= set(gen)
+    # every finish_reason the routes send is in the schema, "error" included
+    for name in ("GenerateResponse", "ChatChoice", "ChatChunkChoice", "CompletionChoice"):
+        reason = json.dumps(doc["components"]["schemas"][name]["properties"]["finish_reason"])
+        assert all(f'"{v}"' in reason for v in ("stop", "length", "error")), (name, reason)
+    assert "error" in doc["components"]["schemas"]["GenerateResponse"]["properties"]
 
 
 def test_swagger_ui_page_and_assets_offline(server):

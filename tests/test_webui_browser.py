@@ -209,7 +209,7 @@ def test_streamed_reply_and_session_continues(ui):
     assert ui.status().startswith("Done"), ui.status()
     assert ui.last_bot(), "no reply text"
     turn1 = server.wait_idle()
-    assert turn1["sessions"] == 1 and turn1["server_sessions"] == 1
+    assert turn1["sessions"] == 1
     history_tokens = (turn1["prompt_tokens_computed"] - before["prompt_tokens_computed"]
                       + turn1["generation_tokens"] - before["generation_tokens"])
 
@@ -260,7 +260,6 @@ def test_tabs_have_own_sessions_and_reset_ends_session(ui):
     _wait(lambda: server.stats()["sessions"] == 0, 30, "/stats sessions back to 0 after Reset")
     _wait(lambda: ui.status().startswith("Session ended"), 15, "the Reset status")
     assert page.eval_on_selector_all(f"{BOT}, {USER}", "els => els.length") == 0, "Reset left the chat history"
-    assert server.stats()["server_sessions"] == 0
 
 
 def test_cancel_stops_long_reply(ui):

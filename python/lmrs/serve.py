@@ -47,6 +47,9 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "kv-cache-memory", default=None, help="KV cache size in bytes, e.g. 2GiB (CPU default 1GiB)")
     add_flag(p, "block-size", type=int, default=16, help="tokens per KV block")
     add_flag(p, "max-num-batched-tokens", type=int, default=2048, help="most tokens computed in one step")
+    add_flag(p, "max-embed-tokens-with-decodes", type=int, default=None,
+             help="most /v1/embeddings tokens in a step that also generates, so a large embeddings call cannot "
+                  "stall streams (default: a quarter of --max-num-batched-tokens; 0: no separate limit)")
     add_flag(p, "disable-prefix-caching", action="store_true", help="turn the prefix cache off")
     add_flag(p, "device", default="cpu", help="cpu or cuda")
     add_flag(p, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -77,7 +80,9 @@ def configs_from_args(args):
 
     engine = EngineConfig(
         model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.instance_num,
-        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size, num_blocks=args.cache_blocks,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_embed_tokens_with_decodes=args.max_embed_tokens_with_decodes, block_size=args.block_size,
+        num_blocks=args.cache_blocks,
         kv_cache_memory=args.kv_cache_memory, cache_max_entry_count=args.cache_max_entry_count,
         enable_prefix_caching=not args.disable_prefix_caching, max_model_len=args.max_model_len,
         session_len=args.session_len, max_sessions=args.max_sessions,

@@ -37,7 +37,7 @@ fn continuous_batching_interleaves() {
     for (id, pr) in [(1, prompt(5, 1)), (2, prompt(6, 2)), (3, prompt(7, 3))] {
         assert_eq!(out[&id], (expected(&pr, 10), FinishReason::Length as u8));
     }
-    assert_eq!(s.pool.num_free(), 63);
+    assert_eq!(s.kv.num_free(), 63);
 }
 
 #[test]
@@ -126,7 +126,8 @@ fn session_second_turn_computes_only_new_tokens() {
     let info = s.sessions.get(7).unwrap();
     assert_eq!(info.tokens.len(), 13);
     assert_eq!(
-        info.num_computed, 12,
+        s.kv.pin(7).unwrap().num_computed,
+        12,
         "the last sampled token is not computed yet"
     );
     let before = s.counters.prompt_tokens_computed;
@@ -150,7 +151,7 @@ fn session_second_turn_computes_only_new_tokens() {
     assert_eq!(out[&4].1, FinishReason::Length as u8);
     assert!(s.sessions.get(7).is_none());
     s.reset_prefix_cache();
-    assert_eq!(s.pool.num_free(), 63);
+    assert_eq!(s.kv.num_free(), 63);
 }
 
 #[test]
@@ -213,12 +214,12 @@ fn abort_frees_blocks_everywhere() {
     add(&mut s, 2, prompt(9, 2), 50);
     step(&mut s);
     step(&mut s);
-    assert!(s.pool.num_used() > 0);
+    assert!(s.kv.num_used() > 0);
     s.abort(1, FinishReason::Abort).unwrap();
     s.abort(2, FinishReason::Abort).unwrap();
     assert!(s.abort(2, FinishReason::Abort).is_err());
     s.check_invariants().unwrap();
-    assert_eq!(s.pool.num_used(), 0);
+    assert_eq!(s.kv.num_used(), 0);
     // abort of a waiting request
     add(&mut s, 3, prompt(4, 3), 5);
     s.abort(3, FinishReason::Abort).unwrap();
@@ -255,14 +256,14 @@ fn idle_session_blocks_are_evicted_but_history_survives() {
     let mut s = new_sched(config(9, 4, 64, 8)); // 8 usable blocks
     add_turn(&mut s, 1, 1, prompt(12, 1), 4, true, false);
     run_all(&mut s, 20);
-    assert_eq!(s.sessions.get(1).unwrap().blocks.len(), 4);
+    assert_eq!(s.kv.pin(1).unwrap().blocks.len(), 4);
     add(&mut s, 2, prompt(20, 2), 4); // needs 6 blocks: must take session 1's
     let out = run_all(&mut s, 40);
     assert_eq!(out[&2].0.len(), 4);
     let sess = s.sessions.get(1).unwrap();
     assert_eq!(sess.tokens.len(), 16);
     assert!(
-        sess.blocks.is_empty(),
+        s.kv.pin(1).is_none(),
         "the idle session's blocks were evicted"
     );
     // the next turn recomputes what was lost and continues the same history

@@ -1,9 +1,14 @@
 """AsyncEngine: the engine thread behind the HTTP server.
 
 One engine thread owns `LLMEngine` (the Rust core and the model) and loops: drain commands ->
-schedule -> run -> update -> hand the step's deltas to the event loop in one
+schedule -> run -> update -> hand the step's results to the event loop in one
 `call_soon_threadsafe`. HTTP handlers talk to it only through a command queue, so the event loop
 never blocks on the model. Idle, the thread sleeps on a condition variable (no busy loop).
+
+The event loop reads model facts from `model_info` (frozen when the model is loaded) and
+validates requests with `processor`; it never touches the engine thread's objects. Every
+command ends: when the engine stops or fails, queued commands, open streams and pending
+futures all get `EngineDead`.
 """
 
 from __future__ import annotations
@@ -18,48 +23,37 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lmrs.engine.config import EngineConfig
-from lmrs.engine.llm_engine import LLMEngine, RequestDelta, StepError
+from lmrs.engine.errors import EngineDead, EngineError, Overloaded
+from lmrs.engine.input_processor import InputProcessor
+from lmrs.engine.llm_engine import LLMEngine
 from lmrs.engine.memory import release_free_memory
-from lmrs.engine.params import InvalidParameter, SamplingParams
+from lmrs.engine.model_info import ModelInfo
+from lmrs.engine.outputs import RequestDelta
+from lmrs.engine.request import EngineRequest
 
 log = logging.getLogger("lmrs.engine")
 
-
-class EngineDead(RuntimeError):
-    """The engine thread has stopped (it crashed, or the server is shutting down)."""
-
-
-class Overloaded(RuntimeError):
-    """Too many requests are queued; retry later."""
-
-    def __init__(self, retry_after: float = 1.0):
-        super().__init__("the server is overloaded: too many requests are queued; retry later")
-        self.retry_after = retry_after
+__all__ = ["AsyncEngine", "RequestStream", "EngineDead", "Overloaded"]
 
 
 @dataclass
 class RequestStream:
-    """The deltas of one request, consumed by its HTTP handler with `async for`."""
+    """The deltas of one request, consumed by its HTTP handler. Several streams may share one
+    queue (the requests of one API call); items are RequestDelta or an exception."""
 
     request_id: int
-    session_id: int | None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    accepted: asyncio.Future | None = None  # resolved once the engine queued it (or refused it)
     finished: bool = False
     created: float = field(default_factory=time.monotonic)
 
-    def __aiter__(self):
-        return self
 
-    async def __anext__(self) -> RequestDelta:
-        if self.finished and self.queue.empty():
-            raise StopAsyncIteration
-        item = await self.queue.get()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        if item.finished:
-            self.finished = True
-        return item
+@dataclass
+class _Accepted:
+    """The engine thread's answer to an add: queued (error None) or refused."""
+
+    request_id: int
+    error: BaseException | None = None
 
 
 class AsyncEngine:
@@ -70,20 +64,22 @@ class AsyncEngine:
         self.config = config
         self.max_queued_requests = max_queued_requests
         self._factory = engine_factory or (lambda cfg: LLMEngine(cfg))
-        self.llm: LLMEngine | None = None
+        self.llm: LLMEngine | None = None  # engine thread only
+        self.model_info: ModelInfo | None = None  # set once loaded; safe to read anywhere
+        self.processor: InputProcessor | None = None
+        self.tokenizer = None  # thread-safe (a Rust tokenizers object)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._cmds: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._streams: dict[int, RequestStream] = {}
-        self._session_active: dict[int, int] = {}  # session id -> running request id
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._closed = False  # the engine thread will not read commands any more
         self.ready = threading.Event()  # the model is loaded
         self.error: BaseException | None = None  # why the engine thread died
         self.error_traceback: str | None = None
         self.stats_snapshot: dict = {}
         self.on_step: Callable[[list[RequestDelta], float], None] | None = None  # metrics hook (event loop)
-        self._next_id = 1
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -113,86 +109,91 @@ class AsyncEngine:
     def _check_alive(self) -> None:
         if self.error is not None:
             raise EngineDead(f"the engine stopped: {type(self.error).__name__}: {self.error}")
-        if self._stop:
+        if self._stop or self._closed:
             raise EngineDead("the server is shutting down")
         if not self.ready.is_set():
             raise EngineDead("the model is still loading")
 
-    def new_request_id(self) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        return rid
-
-    def generate(self, prompt_token_ids: list[int], params: SamplingParams, *, session_id: int | None = None,
-                 sequence_start: bool = True, sequence_end: bool = False, session_len: int | None = None,
-                 request_id: int | None = None) -> RequestStream:
-        """Submit a request; returns its stream. Raises Overloaded / EngineDead / InvalidParameter."""
+    def submit(self, requests: list[EngineRequest], queue: asyncio.Queue | None = None) -> list[RequestStream]:
+        """Queue validated requests (all or none); returns their streams, sharing `queue` when
+        given. Await each stream's `accepted` before relying on it (a session owned by another
+        key is refused there). Raises Overloaded / EngineDead."""
         self._check_alive()
-        if len(self._streams) >= self.max_queued_requests:
+        if len(self._streams) + len(requests) > self.max_queued_requests:
             raise Overloaded()
-        self.validate(prompt_token_ids, params, session_id)
-        rid = request_id if request_id is not None else self.new_request_id()
-        stream = RequestStream(rid, session_id)
-        self._streams[rid] = stream
-        if session_id is not None and session_id >= 0:
-            self._session_active[session_id] = rid
-        self._submit(("add", rid, list(prompt_token_ids), params,
-                      dict(session_id=session_id, sequence_start=sequence_start, sequence_end=sequence_end,
-                           session_len=session_len)))
-        return stream
-
-    def validate(self, prompt_token_ids, params: SamplingParams, session_id: int | None) -> None:
-        """The cheap checks of LLMEngine.add_request, done before queueing so errors become HTTP 4xx."""
-        llm = self.llm
-        vocab = llm.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise InvalidParameter("prompt", f"contains a token id outside the vocabulary (size {vocab})")
-        if (session_id is None or session_id < 0) and len(prompt_token_ids) + min(params.max_tokens, 1) > llm.max_model_len:
-            raise PromptTooLong(len(prompt_token_ids), llm.max_model_len)
-        if (session_id is None or session_id < 0) and not prompt_token_ids and params.max_tokens > 0:
-            raise InvalidParameter("prompt", "is empty: give at least one token to generate from")
+        streams = []
+        for req in requests:
+            s = RequestStream(req.request_id, accepted=self.loop.create_future())
+            s.accepted.add_done_callback(_retrieve)  # a refusal nobody awaits any more is not an error
+            if queue is not None:
+                s.queue = queue
+            streams.append(s)
+        for s in streams:
+            self._streams[s.request_id] = s
+        try:
+            self._submit_many([("add", req) for req in requests])
+        except EngineDead:
+            for s in streams:
+                self._streams.pop(s.request_id, None)
+            raise
+        return streams
 
     def abort(self, request_id: int) -> None:
-        """Cancel a request (client gone, cancel, timeout). Idempotent."""
+        """Cancel a request (client gone, timeout). Idempotent."""
         if request_id in self._streams:
-            self._submit(("abort", request_id))
+            try:
+                self._submit_many([("abort", request_id)])
+            except EngineDead:
+                pass  # the engine is gone: the stream already failed
 
-    def cancel_session(self, session_id: int) -> bool:
-        """Stop the generation now running in a session (its KV stays with the session)."""
-        rid = self._session_active.get(session_id)
-        if rid is None or rid not in self._streams:
-            return False
-        self.abort(rid)
-        return True
-
-    def end_session(self, session_id: int) -> None:
-        self._submit(("end_session", session_id))
+    async def cancel_session(self, session_id: int, owner: str | None) -> bool:
+        """`stop: true`: abort the session's current turn. True when a turn was cancelled.
+        Raises SessionNotOwned / EngineDead."""
+        return await self._future_command("cancel", session_id, owner)
 
     async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
-        """Run fn(llm) on the engine thread between steps and await its result (embeddings, stats)."""
+        """Run fn(llm) on the engine thread between steps and await its result (tests, tools)."""
+        return await self._future_command("call", fn)
+
+    async def _future_command(self, kind: str, *args) -> Any:
         self._check_alive()
         fut = self.loop.create_future()
-        self._submit(("call", fn, fut))
+        self._submit_many([(kind, *args, fut)])
         return await fut
 
-    def _submit(self, cmd) -> None:
+    def _submit_many(self, cmds: list) -> None:
         with self._cv:
-            self._cmds.append(cmd)
+            if self._closed:
+                raise EngineDead("the engine has stopped")
+            self._cmds.extend(cmds)
             self._cv.notify()
 
     # ---- engine thread ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self.llm = self._factory(self.config)
-            self.stats_snapshot = self.llm.stats()
+            llm = self.llm = self._factory(self.config)
+            self.model_info, self.processor, self.tokenizer = llm.model_info, llm.processor, llm.tokenizer
+            self.stats_snapshot = llm.stats()
             self.ready.set()
             self._loop_forever()
+            self._close(EngineDead("the server is shutting down"))
         except BaseException as e:  # noqa: BLE001 - the thread must report every failure
             self.error = e
             self.error_traceback = traceback.format_exc()
             log.error("engine thread died: %s\n%s", e, self.error_traceback)
-            if self.loop is not None and not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(self._fail_all, e)
+            self._close(EngineDead(f"the engine stopped: {type(e).__name__}: {e}"))
+
+    def _close(self, err: EngineDead) -> None:
+        """Stop taking commands; every queued command, open stream and future gets `err`."""
+        with self._cv:
+            self._closed = True
+            pending = list(self._cmds)
+            self._cmds.clear()
+        if self.loop is not None and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self._fail_all, err, pending)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
 
     def _loop_forever(self) -> None:
         llm = self.llm
@@ -207,82 +208,100 @@ class AsyncEngine:
                     return
                 cmds = list(self._cmds)
                 self._cmds.clear()
-            early = [d for c in cmds if (d := self._apply(c)) is not None]
-            deltas, step_time = early, 0.0
+            items = [item for c in cmds for item in self._apply(c)]
+            step_time = 0.0
             if llm.has_unfinished():
                 worked_since_trim = True
                 t0 = time.perf_counter()
                 try:
-                    deltas = early + llm.step()
-                except StepError as e:
+                    items += llm.step()
+                except BaseException:
                     self.stats_snapshot = llm.stats()
-                    self._deliver(early + e.deltas, 0.0)
-                    raise e.cause
+                    self._deliver(items, 0.0)  # what the commands produced still goes out
+                    raise
                 step_time = time.perf_counter() - t0
             # stats first, so a client that sees its request end also sees its effect in /stats
             self.stats_snapshot = llm.stats()
-            if deltas:
-                self._deliver(deltas, step_time)
+            if items:
+                self._deliver(items, step_time)
 
-    def _apply(self, cmd) -> RequestDelta | None:
+    def _apply(self, cmd) -> list:
+        """Run one command on the engine thread; returns what to deliver to the event loop."""
         llm = self.llm
         kind = cmd[0]
         if kind == "add":
-            _, rid, ids, params, kw = cmd
+            req = cmd[1]
             try:
-                llm.add_request(ids, params, request_id=rid, **kw)
-            except Exception as e:  # noqa: BLE001 - reported to the request, not fatal
-                return RequestDelta(rid, "", [], 0, True, "error", error=str(e), error_status=400)
-        elif kind == "abort":
-            return llm.abort_request(cmd[1])
-        elif kind == "end_session":
-            llm.end_session(cmd[1])
-        elif kind == "call":
-            _, fn, fut = cmd
-            try:
-                res = fn(llm)
-                self.loop.call_soon_threadsafe(_set_result, fut, res, None)
-            except Exception as e:  # noqa: BLE001
-                self.loop.call_soon_threadsafe(_set_result, fut, None, e)
-        return None
+                llm.add(req)
+            except EngineError as e:  # refused: reported to the request, not fatal
+                return [_Accepted(req.request_id, e)]
+            return [_Accepted(req.request_id)]
+        if kind == "abort":
+            d = llm.abort_request(cmd[1])
+            return [d] if d is not None else []
+        fut = cmd[-1]
+        try:
+            if kind == "cancel":
+                d = llm.cancel_session(cmd[1], cmd[2])
+                self._resolve(fut, d is not None, None)
+                return [d] if d is not None else []
+            if kind == "call":
+                self._resolve(fut, cmd[1](llm), None)
+                return []
+            raise ValueError(f"unknown engine command {kind!r}")
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            self._resolve(fut, None, e)
+            return []
 
-    def _deliver(self, deltas: list[RequestDelta], step_time: float) -> None:
-        if deltas and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._dispatch, deltas, step_time)
+    def _resolve(self, fut: asyncio.Future, result, exc) -> None:
+        self.loop.call_soon_threadsafe(_set_result, fut, result, exc)
+
+    def _deliver(self, items: list, step_time: float) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._dispatch, items, step_time)
 
     # ---- event loop side ----------------------------------------------------------------------
-    def _dispatch(self, deltas: list[RequestDelta], step_time: float) -> None:
-        for d in deltas:
-            stream = self._streams.get(d.request_id)
+    def _dispatch(self, items: list, step_time: float) -> None:
+        deltas = []
+        for item in items:
+            if isinstance(item, _Accepted):
+                stream = self._streams.get(item.request_id)
+                if stream is None:
+                    continue
+                _set_result(stream.accepted, None, item.error)
+                if item.error is not None:
+                    self._streams.pop(item.request_id, None)
+                    stream.finished = True
+                continue
+            deltas.append(item)
+            stream = self._streams.get(item.request_id)
             if stream is None or stream.finished:
                 continue
-            stream.queue.put_nowait(d)
-            if d.finished:
-                self._streams.pop(d.request_id, None)
-                sid = stream.session_id
-                if sid is not None and self._session_active.get(sid) == d.request_id:
-                    del self._session_active[sid]
+            stream.queue.put_nowait(item)
+            if item.finished:
+                stream.finished = True
+                self._streams.pop(item.request_id, None)
         if self.on_step is not None:
             self.on_step(deltas, step_time)
 
-    def _fail_all(self, exc: BaseException) -> None:
-        err = EngineDead(f"the engine stopped: {type(exc).__name__}: {exc}")
+    def _fail_all(self, err: EngineDead, pending: list) -> None:
+        for cmd in pending:
+            if cmd[0] in ("cancel", "call"):
+                _set_result(cmd[-1], None, err)
         for stream in self._streams.values():
+            _set_result(stream.accepted, None, err)
             stream.queue.put_nowait(err)
+            stream.finished = True
         self._streams.clear()
-        self._session_active.clear()
 
 
-class PromptTooLong(InvalidParameter):
-    def __init__(self, n: int, limit: int):
-        super().__init__("prompt", f"has {n} tokens but the context length is {limit} tokens "
-                                   f"(including at least one generated token); shorten it")
-        self.num_tokens = n
-        self.limit = limit
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
-def _set_result(fut: asyncio.Future, res, exc) -> None:
-    if fut.done():
+def _set_result(fut: asyncio.Future | None, res, exc) -> None:
+    if fut is None or fut.done():
         return
     if exc is not None:
         fut.set_exception(exc)

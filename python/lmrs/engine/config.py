@@ -12,6 +12,9 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     max_num_seqs: int = 64  # most sequences decoded together (--instance-num)
     max_num_batched_tokens: int = 2048  # most tokens computed in one step
+    # most embedding tokens in a step that also runs generating requests (None: a quarter of
+    # max_num_batched_tokens; 0: no separate limit), so a large embeddings call cannot stall streams
+    max_embed_tokens_with_decodes: int | None = None
     block_size: int = 16
     num_blocks: int | None = None  # KV blocks; None: from kv_cache_memory
     kv_cache_memory: int | str | None = None  # bytes for the KV cache (CPU default 1 GiB)
@@ -28,6 +31,12 @@ class EngineConfig:
     num_threads: int | None = None  # torch CPU threads (default: all cores)
     cuda_graphs: bool = True  # on CUDA: replay captured graphs for decode steps (False: always eager)
 
+    def embed_tokens_with_decodes(self) -> int:
+        """The embedding share of a step that also decodes (0: no separate limit)."""
+        if self.max_embed_tokens_with_decodes is not None:
+            return self.max_embed_tokens_with_decodes
+        return max(self.block_size, self.max_num_batched_tokens // 4)
+
     def validate(self) -> None:
         def positive(name):
             v = getattr(self, name)
@@ -42,6 +51,9 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not (str(self.device) == "cpu" or str(self.device).startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        e = self.max_embed_tokens_with_decodes
+        if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 0):
+            raise ValueError(f"max_embed_tokens_with_decodes must be a non-negative integer, got {e!r}")
         if self.num_blocks is not None and self.num_blocks < 2:
             raise ValueError(f"num_blocks must be at least 2, got {self.num_blocks}")
         if not 0 < self.cache_max_entry_count <= 1:

@@ -6,7 +6,8 @@
     outs[0].text, outs[0].token_ids, outs[0].finish_reason
     engine.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=32))
 
-`generate` adds every prompt to the continuous batch at once and steps until all are done.
+`generate` adds every prompt to the continuous batch at once and steps until all are done;
+`embed` does the same with prefill-only embedding requests.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmrs.engine.config import EngineConfig
-from lmrs.engine.llm_engine import LLMEngine, RequestDelta
-from lmrs.engine.outputs import CompletionOutput, RequestOutput
+from lmrs.engine.llm_engine import LLMEngine
+from lmrs.engine.outputs import OFFLINE_FINISH, CompletionOutput, RequestDelta, RequestOutput
 from lmrs.engine.params import SamplingParams
 
 Prompt = str | Sequence[int]
@@ -60,15 +61,22 @@ class Engine:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
         encoded = [self.encode(p) for p in prompts]
+        proc = self.engine.processor
+        field = "prompt" if len(prompts) == 1 else "prompts[{}]"
+        requests = [proc.generate(enc, sp, field=field.format(i)) for i, (enc, sp) in enumerate(zip(encoded, params))]
+        ids = self._add_all(requests)
+        return self._run(ids, prompts, encoded, use_tqdm)
+
+    def _add_all(self, requests) -> list[int]:
         ids = []
         try:
-            for p, enc, sp in zip(prompts, encoded, params):
-                ids.append(self.engine.add_request(enc, sp))
+            for r in requests:
+                ids.append(self.engine.add(r))
         except Exception:
             for rid in ids:
                 self.engine.abort_request(rid)
             raise
-        return self._run(ids, prompts, encoded, use_tqdm)
+        return ids
 
     def chat(self, messages, sampling_params: SamplingParams | None = None, **kw) -> RequestOutput | list[RequestOutput]:
         """Apply the model's chat template to one conversation (a list of {role, content}) or to a
@@ -80,9 +88,20 @@ class Engine:
         return outs[0] if single else outs
 
     def embed(self, inputs: str | Sequence[str]) -> np.ndarray:
-        """Embeddings (float32 [n, hidden], unit norm) of one text or a list of texts."""
+        """Embeddings (float32 [n, hidden], unit norm) of one text or a list of texts: the
+        final hidden states mean-pooled, computed as prefill-only requests of the batch."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        return np.stack([self.engine.embed(self.encode(t)) for t in texts])
+        proc = self.engine.processor
+        ids = self._add_all([proc.embedding(self.encode(t), f"inputs[{i}]") for i, t in enumerate(texts)])
+        pending, vectors = set(ids), {}
+        while pending:
+            for d in self.engine.step():
+                if d.request_id in pending and d.finished:
+                    if d.embedding is None:
+                        raise RuntimeError(f"embedding {ids.index(d.request_id)} failed: {d.error}")
+                    vectors[d.request_id] = d.embedding
+                    pending.discard(d.request_id)
+        return np.stack([vectors[i] for i in ids])
 
     def _run(self, ids, prompts, encoded, use_tqdm) -> list[RequestOutput]:
         pending = set(ids)
@@ -113,7 +132,7 @@ class Engine:
         outs = []
         for rid, prompt, enc in zip(ids, prompts, encoded):
             d = final[rid]
-            comp = CompletionOutput(0, "".join(texts[rid]), tokens[rid], d.finish_reason,
+            comp = CompletionOutput(0, "".join(texts[rid]), tokens[rid], OFFLINE_FINISH[d.finish_reason],
                                     logprobs=lps[rid] or None)
             outs.append(RequestOutput(rid, prompt if isinstance(prompt, str) else None, enc, [comp], True,
                                       num_cached_tokens=d.num_cached_tokens, error=d.error))

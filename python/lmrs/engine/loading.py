@@ -106,6 +106,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         block_size=cfg.block_size,
         max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.max_num_batched_tokens,
+        max_embed_tokens_with_decodes=cfg.embed_tokens_with_decodes(),
         eos_token_ids=list(mc.eos_token_ids),
         max_model_len=max_model_len,
         enable_prefix_caching=cfg.enable_prefix_caching,

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmrs._core import MAX_LOGPROBS
+from lmrs.engine.errors import InvalidParameter
 
-class InvalidParameter(ValueError):
-    """A request parameter is out of range or of the wrong type. `.field` names it."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
+__all__ = ["SamplingParams", "InvalidParameter", "MAX_LOGPROBS"]
 
 
 @dataclass
@@ -19,7 +16,8 @@ class SamplingParams:
 
     temperature 0 means greedy. `max_tokens` new tokens at most (0: only prefill, useful for
     sessions). `stop` strings end the text (not included unless `include_stop_str_in_output`).
-    `logprobs`: return the log-probability of each generated token and this many top alternatives.
+    `logprobs`: return the log-probability of each generated token and this many top alternatives
+    (at most `MAX_LOGPROBS`, the core's one limit).
     """
 
     temperature: float = 1.0
@@ -74,7 +72,7 @@ class SamplingParams:
         if self.seed is not None:
             num("seed", integer=True)
         if self.logprobs is not None:
-            num("logprobs", 0, 20, integer=True)
+            num("logprobs", 0, MAX_LOGPROBS, integer=True)
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InvalidParameter("stop", f"every stop string must be a non-empty string, got {s!r}")

@@ -2,7 +2,8 @@
 
 It builds the input tensors from the plan's flat arrays, runs the model (prefill chunks and
 decodes together), computes logits only for the rows that sample, and samples each row with
-its own parameters. It also serves embeddings (mean-pooled final hidden states).
+its own parameters. For the rows of embedding requests (`plan.pool_rows`) it returns the sum
+of their final hidden states; the engine pools the sums of a request's chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class StepOutput:
     sampled: np.ndarray  # int64 [S]: one token per sampled row, in plan order
     sample: SampleOutput | None  # logprobs, when asked
     hidden: torch.Tensor | None = None  # final hidden states [T, H] (only when asked)
+    pooled: np.ndarray | None = None  # float32 [P, H]: per pool row, the sum of its tokens' final hidden states
 
 
 class ModelRunner:
@@ -62,7 +64,7 @@ class ModelRunner:
         if plan.num_rows == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None)
         graphs = self.decode_graphs
-        if graphs is not None and not return_hidden and graphs.can_run(plan):
+        if graphs is not None and not return_hidden and plan.num_pool_rows == 0 and graphs.can_run(plan):
             try:
                 logits = graphs.run(plan)
             except Exception:  # noqa: BLE001 - capture failed: DecodeGraphs disabled itself, run eagerly
@@ -73,12 +75,21 @@ class ModelRunner:
                 return StepOutput(sample.token_ids, sample, None)
         input_ids, positions, attn = self.build_inputs(plan)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
+        pooled = self._pool(hidden, plan) if plan.num_pool_rows else None
+        kept = hidden if return_hidden else None
         if plan.num_sampled == 0:
-            return StepOutput(np.zeros(0, dtype=np.int64), None, hidden if return_hidden else None)
+            return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
         idx = self._tensor(plan.logits_indices).long()
         logits = self.model.compute_logits(hidden.index_select(0, idx))
         sample = self._sample(logits, plan)
-        return StepOutput(sample.token_ids, sample, hidden if return_hidden else None)
+        return StepOutput(sample.token_ids, sample, kept, pooled)
+
+    @staticmethod
+    def _pool(hidden: torch.Tensor, plan: PlanView) -> np.ndarray:
+        """Per pool row: the float32 sum of its tokens' final hidden states."""
+        qsl = plan.query_start_loc
+        sums = [hidden[int(qsl[r]):int(qsl[r + 1])].float().sum(dim=0) for r in plan.pool_rows.tolist()]
+        return torch.stack(sums).cpu().numpy()
 
     def _sample(self, logits: torch.Tensor, plan: PlanView) -> SampleOutput:
         """Sample from float32 logits on the model's device. Plain greedy rows on a GPU take the
@@ -96,30 +107,3 @@ class ModelRunner:
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
         idx = self._tensor(plan.logits_indices).long()
         return self.model.compute_logits(hidden.index_select(0, idx)).cpu()
-
-    @torch.inference_mode()
-    def embed(self, token_ids: list[int]) -> np.ndarray:
-        """Mean-pooled, L2-normalized final hidden states of one input, computed in a private
-        scratch KV cache (the serving cache and the prefix cache are not touched)."""
-        n = len(token_ids)
-        bs = self.kv_cache.block_size
-        nb = (n + bs - 1) // bs
-        cfg = self.model.config
-        scratch = KVCache(cfg.num_hidden_layers, nb + 1, bs, self.model.num_kv_heads, cfg.head_dim,
-                          self.model.dtype, self.device)
-        dev = self.device
-        attn = AttentionMetadata(
-            slot_mapping=torch.arange(bs, bs + n, dtype=torch.int32, device=dev),
-            block_table=torch.arange(1, nb + 1, dtype=torch.int32, device=dev).unsqueeze(0),
-            seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
-            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=dev),
-            num_decode_rows=1 if n == 1 else 0,
-            max_query_len=n,
-            max_seq_len=n,
-        )
-        ids = torch.tensor(token_ids, dtype=torch.int32, device=dev)
-        pos = torch.arange(n, dtype=torch.int32, device=dev)
-        hidden = self.model.forward(ids, pos, attn, scratch.layers).float()
-        v = hidden.mean(dim=0)
-        v = v / v.norm().clamp(min=1e-12)
-        return v.cpu().numpy()

@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from lmrs.engine.async_engine import AsyncEngine
+from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import SamplingParams
 from lmrs.server import docs
 from lmrs.server.errors import APIError, error_response
@@ -91,18 +92,18 @@ async def ready(request: web.Request) -> web.Response:
         ok, detail = False, None
         try:
             ids = state.tokenizer.encode("ready", add_special_tokens=False) or [0]
-            stream = state.submit(ids, SamplingParams(temperature=0, max_tokens=1))
+            probe = state.validated(lambda p: p.generate(ids, SamplingParams(temperature=0, max_tokens=1)))
 
             async def one_token():
-                async for d in stream:
-                    if d.finished:
-                        return d.finish_reason in ("stop", "length"), d.error
+                async with state.track("/health/ready", [probe]) as group:
+                    async for _, d in group.deltas():
+                        if d.finished:
+                            return d.finish_reason in (FinishReason.STOP, FinishReason.LENGTH), d.error
                 return False, "the probe ended without a result"
 
             try:
                 ok, detail = await asyncio.wait_for(one_token(), 30)
             except asyncio.TimeoutError:
-                state.engine.abort(stream.request_id)
                 ok, detail = False, "a one-token generation took longer than 30 s"
         except Exception as e:  # noqa: BLE001
             detail = str(e)
@@ -160,5 +161,4 @@ async def stats(request: web.Request) -> web.Response:
     state = get_state(request)
     s = dict(state.engine.stats_snapshot)
     s["unfinished_requests"] = state.engine.num_unfinished
-    s["server_sessions"] = len(state.sessions)
     return web.json_response(s)

@@ -1,20 +1,27 @@
-"""What the OpenAI chat and completions routes share: sampling parameters from a request, running
-n choices at once (each its own request in the continuous batch), merging their delta streams,
-logprob formatting, and the finish-reason mapping."""
+"""What the OpenAI chat and completions routes share: sampling parameters from a request, the
+finish-reason mapping, error chunks, and logprob formatting. Running the n choices of a call
+(each its own request in the continuous batch) is `RequestGroup`'s job (server/requests.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from typing import AsyncIterator
 
-from lmrs.engine.llm_engine import RequestDelta
+from lmrs.engine.outputs import FinishReason, RequestDelta
 from lmrs.engine.params import InvalidParameter, SamplingParams
-from lmrs.server.errors import APIError
-from lmrs.server.state import RequestRecord, RequestTimeout, ServerState
+from lmrs.server.errors import APIError, error_body
 
 DEFAULT_CHAT_MAX_TOKENS = 512
+
+#: The OpenAI routes' words for each reason.
+OPENAI_FINISH = {
+    FinishReason.STOP: "stop",
+    FinishReason.STOP_STRING: "stop",
+    FinishReason.ABORT: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.REFUSED: "length",
+    FinishReason.ERROR: "error",
+}
 
 
 def new_id(prefix: str) -> str:
@@ -25,10 +32,8 @@ def now() -> int:
     return int(time.time())
 
 
-def openai_finish(reason: str | None) -> str | None:
-    if reason is None:
-        return None
-    return {"length": "length", "error": "error"}.get(reason, "stop")
+def openai_finish(reason: FinishReason | None) -> str | None:
+    return None if reason is None else OPENAI_FINISH[reason]
 
 
 def stop_list(stop) -> list[str]:
@@ -50,74 +55,14 @@ def sampling_params(req, max_tokens: int, logprobs: int | None, choice: int) -> 
         raise APIError(400, str(e)) from None
 
 
-class Choices:
-    """n engine requests for one API call, with their records; aborted together on exit."""
-
-    def __init__(self, state: ServerState, route: str):
-        self.state = state
-        self.route = route
-        self.streams = []
-        self.records = []
-
-    def add(self, ids: list[int], params: SamplingParams, **kw) -> None:
-        try:
-            s = self.state.submit(ids, params, **kw)
-        except APIError:
-            self.abort_all()
-            raise
-        self.streams.append(s)
-        self.records.append(RequestRecord(s.request_id, self.route, kw.get("session_id")))
-
-    def abort_all(self) -> None:
-        for s in self.streams:
-            if not s.finished:
-                self.state.engine.abort(s.request_id)
-
-    async def merged(self) -> AsyncIterator[tuple[int, RequestDelta]]:
-        """(choice index, delta) from all choices as they arrive."""
-        if len(self.streams) == 1:
-            async for d in self.state.deltas(self.streams[0], self.records[0]):
-                yield 0, d
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i):
-            try:
-                async for d in self.state.deltas(self.streams[i], self.records[i]):
-                    await queue.put((i, d, None))
-            except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-                await queue.put((i, None, e))
-            finally:
-                await queue.put((i, None, StopAsyncIteration()))
-
-        tasks = [asyncio.create_task(pump(i)) for i in range(len(self.streams))]
-        done = 0
-        try:
-            while done < len(tasks):
-                i, d, exc = await queue.get()
-                if isinstance(exc, StopAsyncIteration):
-                    done += 1
-                elif exc is not None:
-                    raise exc
-                else:
-                    yield i, d
-        finally:
-            for t in tasks:
-                t.cancel()
-            self.abort_all()
-
-    def usage(self, prompt_tokens: int) -> dict:
-        completion = sum(r.output_tokens for r in self.records)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
-
-
 def raise_for_error(d: RequestDelta) -> None:
-    if d.finished and d.finish_reason == "error":
+    if d.finish_reason == FinishReason.ERROR:
         raise APIError(d.error_status or 503, d.error or "generation failed")
 
 
-def timeout_error(state: ServerState) -> APIError:
-    return APIError(503, f"the request exceeded the server's request timeout of {state.settings.request_timeout:g} s")
+def error_event(message: str, status: int = 503) -> dict:
+    """The SSE event that reports a stream's failure (before `data: [DONE]`)."""
+    return error_body(status, message)
 
 
 def token_text(tok, token_id: int) -> str:
@@ -150,5 +95,5 @@ def completion_logprobs(tok, entries: list[dict] | None, offset: int) -> dict | 
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-__all__ = ["Choices", "RequestTimeout", "sampling_params", "new_id", "now", "openai_finish", "raise_for_error",
-           "timeout_error", "chat_logprobs", "completion_logprobs", "DEFAULT_CHAT_MAX_TOKENS"]
+__all__ = ["sampling_params", "new_id", "now", "openai_finish", "raise_for_error", "error_event", "chat_logprobs",
+           "completion_logprobs", "DEFAULT_CHAT_MAX_TOKENS", "OPENAI_FINISH"]

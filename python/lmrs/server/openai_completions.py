@@ -6,10 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from lmrs.server.errors import APIError, parse_request
-from lmrs.server.openai_common import (Choices, completion_logprobs, new_id, now, openai_finish, raise_for_error,
-                                       sampling_params, timeout_error)
+from lmrs.server.openai_common import (completion_logprobs, error_event, new_id, now, openai_finish, raise_for_error,
+                                       sampling_params)
 from lmrs.server.protocol import MAX_N, CompletionRequest
-from lmrs.server.state import RequestTimeout, get_state
+from lmrs.server.requests import RequestTimeout
+from lmrs.server.state import get_state
 from lmrs.server.streaming import end_sse, start_sse, write_sse
 
 
@@ -35,18 +36,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = prompts_of(req, tok)
     if len(prompts) * req.n > MAX_N * 4:
         raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} is more than {MAX_N * 4} choices")
-    vocab = state.engine.llm.model_config.vocab_size
-    for _, ids in prompts:
-        if not ids:
-            raise APIError(400, "prompt: an empty prompt cannot be completed")
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise APIError(400, f"prompt: token id {bad} is outside the vocabulary (size {vocab})")
+    field = "prompt" if len(prompts) == 1 else "prompt[{}]"
+    requests = [state.validated(lambda p, ids=ids, k=pi * req.n + j, f=field.format(pi):
+                                p.generate(ids, sampling_params(req, req.max_tokens, req.logprobs, k), field=f))
+                for pi, (_, ids) in enumerate(prompts) for j in range(req.n)]
     texts_in = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in prompts]
-    choices = Choices(state, "/v1/completions")
-    for pi, (_, ids) in enumerate(prompts):
-        for j in range(req.n):
-            choices.add(ids, sampling_params(req, req.max_tokens, req.logprobs, pi * req.n + j))
     prompt_tokens = sum(len(ids) for _, ids in prompts)
     cid, created, model = new_id("cmpl"), now(), state.settings.model_name
     total = len(prompts) * req.n
@@ -54,26 +48,31 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def prefix(i):
         return texts_in[i // req.n] if req.echo else ""
 
-    if not req.stream:
-        texts = [[prefix(i)] for i in range(total)]
-        lps = [[] for _ in range(total)]
-        finish = [None] * total
-        try:
-            async for i, d in choices.merged():
-                raise_for_error(d)
-                texts[i].append(d.text)
-                if d.logprobs:
-                    lps[i].extend(d.logprobs)
-                if d.finished:
-                    finish[i] = d.finish_reason
-        except RequestTimeout:
-            raise timeout_error(state) from None
-        out = [{"index": i, "text": "".join(texts[i]), "finish_reason": openai_finish(finish[i]),
-                "logprobs": completion_logprobs(tok, lps[i], len(prefix(i))) if req.logprobs is not None else None}
-               for i in range(total)]
-        return web.json_response({"id": cid, "object": "text_completion", "created": created, "model": model,
-                                  "choices": out, "usage": choices.usage(prompt_tokens)})
+    async with state.track("/v1/completions", requests) as group:
+        if not req.stream:
+            texts = [[prefix(i)] for i in range(total)]
+            lps = [[] for _ in range(total)]
+            finish = [None] * total
+            try:
+                async for i, d in group.deltas():
+                    raise_for_error(d)
+                    texts[i].append(d.text)
+                    if d.logprobs:
+                        lps[i].extend(d.logprobs)
+                    if d.finished:
+                        finish[i] = d.finish_reason
+            except RequestTimeout:
+                raise group.timeout_error() from None
+            out = [{"index": i, "text": "".join(texts[i]), "finish_reason": openai_finish(finish[i]),
+                    "logprobs": completion_logprobs(tok, lps[i], len(prefix(i))) if req.logprobs is not None
+                    else None}
+                   for i in range(total)]
+            return web.json_response({"id": cid, "object": "text_completion", "created": created, "model": model,
+                                      "choices": out, "usage": group.usage(prompt_tokens)})
+        return await _stream(request, req, group, tok, cid, created, model, total, prefix, prompt_tokens)
 
+
+async def _stream(request, req, group, tok, cid, created, model, total, prefix, prompt_tokens):
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     resp = await start_sse(request)
     offsets = [len(prefix(i)) for i in range(total)]
@@ -88,21 +87,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if req.echo:
             for i in range(total):
                 await write_sse(resp, chunk([{"index": i, "text": prefix(i), "finish_reason": None, "logprobs": None}]))
-        async for i, d in choices.merged():
-            if d.finished and d.finish_reason == "error":
-                await write_sse(resp, {"object": "error", "message": d.error or "generation failed",
-                                       "type": "internal_error", "code": d.error_status or 503})
-                continue
+        async for i, d in group.deltas():
             if not d.text and not d.finished:
                 continue
             lp = completion_logprobs(tok, d.logprobs or [], offsets[i]) if req.logprobs is not None else None
             offsets[i] += len(d.text)
             await write_sse(resp, chunk([{"index": i, "text": d.text, "logprobs": lp,
-                                          "finish_reason": openai_finish(d.finish_reason) if d.finished else None}]))
+                                          "finish_reason": openai_finish(d.finish_reason)}]))
+            if d.error:
+                await write_sse(resp, error_event(d.error, d.error_status or 503))
         if include_usage:
-            await write_sse(resp, chunk([], choices.usage(prompt_tokens)))
-    except (RequestTimeout, APIError) as e:
-        msg = e.message if isinstance(e, APIError) else "the request exceeded the server's request timeout"
-        await write_sse(resp, {"object": "error", "message": msg, "type": "internal_error", "code": 503})
+            await write_sse(resp, chunk([], group.usage(prompt_tokens)))
+    except RequestTimeout:
+        await write_sse(resp, error_event("the request exceeded the server's request timeout"))
+    except APIError as e:
+        await write_sse(resp, error_event(e.message, e.status))
     await end_sse(resp)
     return resp

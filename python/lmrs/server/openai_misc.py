@@ -1,5 +1,7 @@
 """GET /v1/models and POST /v1/embeddings (real embeddings: the model's final hidden states,
-mean-pooled over the input tokens and L2-normalized)."""
+mean-pooled over the input tokens and L2-normalized). Each input is a prefill-only request in the
+continuous batch: chunked under the step's token budget beside running decodes, counted in the
+queue limit, cancelled when the client leaves, and covered by the request timeout."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import time
 import numpy as np
 from aiohttp import web
 
-from lmrs.engine.async_engine import EngineDead
-from lmrs.engine.params import InvalidParameter
-from lmrs.server.errors import APIError, parse_request
+from lmrs.server.errors import parse_request
+from lmrs.server.openai_common import raise_for_error
 from lmrs.server.protocol import EmbeddingRequest
+from lmrs.server.requests import RequestTimeout
 from lmrs.server.state import get_state
 
 STARTED = int(time.time())
@@ -21,7 +23,9 @@ STARTED = int(time.time())
 async def list_models(request: web.Request) -> web.Response:
     state = get_state(request)
     name = state.settings.model_name
+    info = state.info
     card = {"id": name, "object": "model", "created": STARTED, "owned_by": "lmrs", "root": name, "parent": None,
+            "max_model_len": info.max_model_len if info is not None else None,
             "permission": [{"id": f"modelperm-{name}", "object": "model_permission", "created": STARTED,
                             "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                             "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
@@ -44,21 +48,18 @@ async def embeddings(request: web.Request) -> web.Response:
         batches = [list(inp)]
     else:
         batches = [list(x) for x in inp]
-    vocab = state.engine.llm.model_config.vocab_size
-    limit = state.engine.llm.max_model_len
-    for i, ids in enumerate(batches):
-        if not ids:
-            raise APIError(400, f"input[{i}]: is empty (it tokenizes to no tokens)")
-        if any(not 0 <= t < vocab for t in ids):
-            raise APIError(400, f"input[{i}]: contains a token id outside the vocabulary (size {vocab})")
-        if len(ids) > limit:
-            raise APIError(413, f"input[{i}]: has {len(ids)} tokens, more than the context length {limit}")
-    try:
-        vectors = await state.engine.call(lambda llm: [llm.embed(ids) for ids in batches])
-    except InvalidParameter as e:
-        raise APIError(400, str(e)) from None
-    except EngineDead as e:
-        raise APIError(503, str(e)) from None
+    field = "input" if len(batches) == 1 else "input[{}]"
+    requests = [state.validated(lambda p, ids=ids, f=field.format(i): p.embedding(ids, f))
+                for i, ids in enumerate(batches)]
+    vectors = [None] * len(requests)
+    async with state.track("/v1/embeddings", requests) as group:
+        try:
+            async for i, d in group.deltas():
+                raise_for_error(d)
+                if d.finished:
+                    vectors[i] = d.embedding
+        except RequestTimeout:
+            raise group.timeout_error() from None
     data = []
     for i, v in enumerate(vectors):
         emb = (base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()

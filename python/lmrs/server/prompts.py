@@ -1,14 +1,18 @@
-"""Turning API prompts into token ids: whole conversations, and session continuations.
+"""Turning API prompts into token ids: whole conversations, and session turns.
 
-A session continuation must produce exactly the tokens that rendering the whole conversation
-would add after the previous reply, so that an interactive session and a stateless client that
-resends its history see the same tokens. `continuation()` renders a placeholder exchange followed
-by the new messages and keeps only what follows the placeholder reply; the reply's EOS is dropped
-when the session's history already ends with it (the model generated it).
+A session turn is sent to the core in two forms, because only the core knows, when the turn is
+admitted, what the session holds then: the whole conversation (used when the session has no
+history: new, dropped by the idle or count limits, or restarted) and the continuation, the
+tokens that rendering the whole conversation would add after the previous reply (so an
+interactive session and a stateless client that resends its history see the same tokens).
+`continuation()` renders a placeholder exchange followed by the new messages and keeps only what
+follows the placeholder reply; its leading EOS (closing the previous reply) is marked so the core
+drops it when the history already ends with EOS (the model generated it).
 """
 
 from __future__ import annotations
 
+from lmrs.engine.request import SessionTurn
 from lmrs.models.chat_template import ChatTemplateError
 from lmrs.server.errors import APIError
 
@@ -34,33 +38,40 @@ class PromptBuilder:
         except ChatTemplateError as e:
             raise APIError(400, f"messages: the model's chat template rejected them: {e}") from None
 
-    def turn(self, messages: list[dict], session=None) -> list[int]:
-        """Tokens for a request: the whole conversation, or (with the session record of a session
-        that continues) only what extends its history."""
-        if session is None:
-            return self.conversation(messages)
-        return self.continuation(messages, session.ends_with_eos)
+    def session_turn(self, messages: list[dict], session_id: int, *, sequence_start: bool, sequence_end: bool,
+                     owner: str | None) -> tuple[list[int], SessionTurn]:
+        """A session turn: (the whole-conversation form, the turn with its continuation form)."""
+        if not messages:
+            return [], SessionTurn(session_id, sequence_start, sequence_end, (), 0, owner)
+        whole = self.conversation(messages)
+        cont, eos_prefix = self.continuation(messages)
+        return whole, SessionTurn(session_id, sequence_start, sequence_end, tuple(cont), eos_prefix, owner)
 
-    def continuation(self, messages: list[dict], history_ends_with_eos: bool) -> list[int]:
-        """Tokens that extend a session's history with `messages` and a generation prompt."""
+    def continuation(self, messages: list[dict]) -> tuple[list[int], int]:
+        """Tokens that extend a session's history with `messages` and a generation prompt, and
+        how many of them close the previous reply with EOS (dropped when the history has it)."""
         messages = _normalize(messages)
         if not self.has_template:
-            return self.encode_text("\n".join(_content(m) for m in messages))
+            return self.encode_text("\n".join(_content(m) for m in messages)), 0
         base = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY}]
         try:
             text = self.tok.apply_chat_template(base + list(messages), add_generation_prompt=True)
         except ChatTemplateError:
             # Templates that insist on alternation or a leading system prompt: render the new
             # messages alone, without the template's conversation preamble.
-            return self.conversation(messages)
+            return self.conversation(messages), 0
         cut = text.find(_REPLY)
         if cut < 0:
-            return self.conversation(messages)
+            return self.conversation(messages), 0
         suffix = text[cut + len(_REPLY):]
+        ids = self.tok.encode(suffix, add_special_tokens=False)
         eos = self.tok.eos_token or ""
-        if history_ends_with_eos and eos and suffix.startswith(eos):
-            suffix = suffix[len(eos):]
-        return self.tok.encode(suffix, add_special_tokens=False)
+        if eos and suffix.startswith(eos):
+            rest = self.tok.encode(suffix[len(eos):], add_special_tokens=False)
+            k = len(ids) - len(rest)
+            if k > 0 and ids[k:] == rest:
+                return ids, k
+        return ids, 0
 
 
 def _normalize(messages: list[dict]) -> list[dict]:

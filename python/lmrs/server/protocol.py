@@ -7,12 +7,18 @@ fields are ignored, as API.md asks.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from lmrs.engine.params import MAX_LOGPROBS
 
 MAX_N = 16
 MAX_STOP = 16
+#: finish_reason values on every route: a generation ends with "stop" (EOS, stop word, cancel),
+#: "length" (a token limit; a refused session turn), or "error" (the request failed; its
+#: message is in `error` on /generate, in an error event on the OpenAI streams).
+FinishReasonName = Literal["stop", "length", "error"]
 
 
 class _Request(BaseModel):
@@ -31,8 +37,18 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Union[str, list[TextPart], None] = None
+    content: Union[str, list[TextPart], None] = Field(
+        None, description="Required, except on an assistant message that has tool_calls")
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_call_id: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _content_present(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (only an assistant message with tool_calls "
+                             f"may leave it null)")
+        return self
 
 
 class ErrorResponse(_Response):
@@ -75,7 +91,10 @@ class GenerateRequest(_Request):
 class GenerateResponse(_Response):
     text: str = Field(description="Generated text (streaming: only the new text of this chunk)")
     tokens: int = Field(description="Tokens generated so far in this request")
-    finish_reason: Optional[Literal["stop", "length"]] = None
+    finish_reason: Optional[FinishReasonName] = Field(
+        None, description="Set on the last chunk: stop (EOS, a stop word, or a cancel), length (request_output_len "
+                          "or session_len; a refused turn has no text and 0 tokens), error (see `error`)")
+    error: Optional[str] = Field(None, description="Why the request failed (with finish_reason error)")
 
 
 # ---- OpenAI: models -------------------------------------------------------------------------
@@ -101,6 +120,7 @@ class ModelCard(_Response):
     owned_by: str = "lmrs"
     root: str
     parent: Optional[str] = None
+    max_model_len: Optional[int] = Field(None, description="The context length (tokens)")
     permission: list[ModelPermission]
 
 
@@ -135,13 +155,16 @@ class _Sampling(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: Union[Annotated[list[ChatMessage], Field(min_length=1)], str]
+    messages: Union[list[ChatMessage], str] = Field(
+        description="The conversation (with a session_id: only the new messages; empty only to end the session)")
     max_tokens: Optional[int] = Field(None, ge=0, description="Most new tokens (default 512)")
     max_completion_tokens: Optional[int] = Field(None, ge=0)
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     session_id: int = Field(-1, ge=-1, description="lmdeploy extra: keep the conversation on the server")
     renew_session: bool = Field(False, description="With session_id: drop the session's history first")
+    sequence_end: bool = Field(False, description="With session_id: end the session after this reply (with "
+                                                  "`messages: []` and `max_tokens: 0`: at once, nothing generated)")
 
 
 class ChatMessageOut(_Response):
@@ -166,14 +189,19 @@ class ChoiceLogprobs(_Response):
 class ChatChoice(_Response):
     index: int
     message: ChatMessageOut
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[FinishReasonName] = None
     logprobs: Optional[ChoiceLogprobs] = None
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = Field(0, description="Prompt tokens served from the prefix cache or the session's KV")
+
+
 class Usage(_Response):
-    prompt_tokens: int
+    prompt_tokens: int = Field(description="Context tokens (with a session: its history and the new messages)")
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
 
 
 class ChatCompletionResponse(_Response):
@@ -193,7 +221,7 @@ class ChatDelta(_Response):
 class ChatChunkChoice(_Response):
     index: int
     delta: ChatDelta
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[FinishReasonName] = None
     logprobs: Optional[ChoiceLogprobs] = None
 
 
@@ -213,7 +241,7 @@ class CompletionRequest(_Sampling):
     max_tokens: int = Field(16, ge=0)
     echo: bool = False
     suffix: Optional[str] = Field(None, description="Not supported (rejected with 400 when set)")
-    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     temperature: Temperature = 1.0
 
 
@@ -227,7 +255,7 @@ class CompletionLogprobs(_Response):
 class CompletionChoice(_Response):
     index: int
     text: str
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[FinishReasonName] = None
     logprobs: Optional[CompletionLogprobs] = None
 
 

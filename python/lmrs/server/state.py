@@ -1,24 +1,23 @@
-"""ServerState: what every handler shares (the async engine, settings, sessions, prompts), and the
-lifecycle of one engine request seen from HTTP: submit (engine errors -> HTTP statuses), iterate
-its deltas with the request timeout, abort it if the handler leaves early (client gone), and log
-one line when it ends."""
+"""ServerState: what every handler shares: the async engine, the settings, the model facts
+(`info`, frozen when the model loaded), the input processor that validates requests, the prompt
+builder, and the request log. The server keeps nothing about sessions: the core owns them
+(history, EOS state, turns, expiry, and the API key that owns each one)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from aiohttp import web
 
-from lmrs.engine.async_engine import AsyncEngine, EngineDead, Overloaded, PromptTooLong, RequestStream
-from lmrs.engine.llm_engine import RequestDelta
-from lmrs.engine.params import InvalidParameter, SamplingParams
+from lmrs.engine.async_engine import AsyncEngine
+from lmrs.engine.errors import EngineError, InvalidParameter
+from lmrs.engine.input_processor import InputProcessor
+from lmrs.engine.model_info import ModelInfo
+from lmrs.engine.request import EngineRequest
 from lmrs.server.errors import APIError
 from lmrs.server.prompts import PromptBuilder
-from lmrs.server.sessions import SessionRegistry
+from lmrs.server.requests import RequestGroup, RequestRecord, api_error
 from lmrs.server.settings import ServerSettings
 
 log = logging.getLogger("lmrs.requests")
@@ -26,32 +25,10 @@ log = logging.getLogger("lmrs.requests")
 STATE_KEY = web.AppKey("lmrs_state", object)
 
 
-class RequestTimeout(Exception):
-    pass
-
-
-@dataclass
-class RequestRecord:
-    """Per-request facts for the log line and the metrics."""
-
-    request_id: int
-    route: str
-    session_id: int | None
-    arrival: float = field(default_factory=time.monotonic)
-    first_token: float | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    finish_reason: str | None = None
-    status: int = 200
-    queue_time: float | None = None  # arrival -> first scheduled step (seconds)
-
-
 class ServerState:
     def __init__(self, engine: AsyncEngine, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
-        self.sessions = SessionRegistry()
         self._prompts: PromptBuilder | None = None
         self.metrics = None  # lmrs.server.metrics.Metrics when enabled
         self.draining = False  # set on SIGTERM: new requests get 503
@@ -59,14 +36,22 @@ class ServerState:
         self.openapi_doc: dict | None = None
 
     @property
-    def prompts(self) -> PromptBuilder:
-        if self._prompts is None:
-            self._prompts = PromptBuilder(self.engine.llm.tokenizer)
-        return self._prompts
+    def info(self) -> ModelInfo:
+        return self.engine.model_info
+
+    @property
+    def processor(self) -> InputProcessor:
+        return self.engine.processor
 
     @property
     def tokenizer(self):
-        return self.engine.llm.tokenizer
+        return self.engine.tokenizer
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        if self._prompts is None:
+            self._prompts = PromptBuilder(self.engine.tokenizer)
+        return self._prompts
 
     def require_ready(self) -> None:
         if self.draining:
@@ -81,63 +66,25 @@ class ServerState:
             raise APIError(404, f"model {name!r} does not exist; this server serves {self.settings.model_name!r} "
                                 f"(see GET /v1/models)", err_type="model_not_found")
 
-    def submit(self, ids: list[int], params: SamplingParams, **kw) -> RequestStream:
-        """Queue a request in the engine, turning engine refusals into HTTP errors."""
+    def validated(self, make) -> EngineRequest:
+        """Run an input-processor call, turning its refusals into HTTP errors."""
+        try:
+            return make(self.processor)
+        except InvalidParameter as e:
+            raise APIError(e.status, str(e)) from None
+
+    def track(self, route: str, requests: list[EngineRequest], session_id: int | None = None) -> RequestGroup:
+        """`async with state.track(route, requests) as group:` submits, waits for acceptance,
+        and aborts and logs on exit (see server/requests.py)."""
+        return RequestGroup(self, route, requests, session_id)
+
+    async def cancel_session(self, session_id: int, owner: str | None) -> bool:
+        """`stop: true`: abort the session's current turn. 404 for another key's session."""
         self.require_ready()
         try:
-            return self.engine.generate(ids, params, **kw)
-        except Overloaded as e:
-            raise APIError(503, str(e), headers={"Retry-After": str(int(e.retry_after))}) from None
-        except PromptTooLong as e:
-            raise APIError(413, str(e)) from None
-        except InvalidParameter as e:
-            raise APIError(400, str(e)) from None
-        except EngineDead as e:
-            raise APIError(503, str(e)) from None
-
-    async def deltas(self, stream: RequestStream, rec: RequestRecord) -> AsyncIterator[RequestDelta]:
-        """The request's deltas, with the request timeout. Aborts the request if the consumer
-        stops early (client disconnected, error) and logs one line at the end."""
-        timeout = self.settings.request_timeout or None
-        deadline = rec.arrival + timeout if timeout else None
-        finished = False
-        try:
-            while True:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise RequestTimeout()
-                    try:
-                        d = await asyncio.wait_for(stream.__anext__(), left)
-                    except asyncio.TimeoutError:
-                        raise RequestTimeout() from None
-                else:
-                    try:
-                        d = await stream.__anext__()
-                    except StopAsyncIteration:
-                        return
-                if d.token_ids and rec.first_token is None:
-                    rec.first_token = time.monotonic()
-                if d.queue_time is not None and rec.queue_time is None:
-                    rec.queue_time = d.queue_time
-                rec.output_tokens = d.num_generated
-                if d.num_prompt_tokens:
-                    rec.prompt_tokens, rec.cached_tokens = d.num_prompt_tokens, d.num_cached_tokens
-                if d.finished:
-                    finished = True
-                    rec.finish_reason = d.finish_reason
-                yield d
-                if finished:
-                    return
-        except EngineDead as e:
-            rec.finish_reason, rec.status = "error", 503
-            raise APIError(503, str(e)) from None
-        finally:
-            if not finished:
-                self.engine.abort(stream.request_id)
-                if rec.finish_reason is None:
-                    rec.finish_reason = "abort"
-            self.log_request(rec)
+            return await self.engine.cancel_session(session_id, owner)
+        except EngineError as e:
+            raise api_error(e) from None
 
     def log_request(self, rec: RequestRecord) -> None:
         now = time.monotonic()

@@ -1,0 +1,55 @@
+"""EngineRequest: one request as the input processor hands it to the engine (validated, with
+its id), and the one request-id counter of the process."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from lmrs.engine.params import SamplingParams
+
+_request_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    """A new request id, unique in the process (every engine and route draws from here)."""
+    return next(_request_ids)
+
+
+@dataclass(frozen=True)
+class SessionTurn:
+    """A request's part in a session (lmdeploy's interactive mode). The core owns the session:
+    it decides when the turn is admitted whether the history exists, and picks the prompt form."""
+
+    session_id: int
+    sequence_start: bool = True  # drop the session's history first
+    sequence_end: bool = False  # end the session after this turn
+    # tokens appended to an existing history (None: the prompt is appended as it is)
+    continuation_ids: tuple[int, ...] | None = None
+    eos_prefix_len: int = 0  # leading continuation tokens dropped when the history ends with EOS
+    owner: str | None = None  # the API key; only it may use the session
+
+
+@dataclass
+class EngineRequest:
+    """A validated request. `prompt_ids` is the whole prompt (for a session turn: the whole
+    conversation, used when the session has no history)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    session: SessionTurn | None = None
+    embed: bool = False  # prefill only: the mean-pooled final hidden states are the result
+    session_len: int = 0  # most tokens the context may hold (0: the model's context length)
+    request_id: int = field(default_factory=next_request_id)
+
+    def core_kwargs(self) -> dict:
+        """Keyword arguments of `Core.add` (after the request id and prompt)."""
+        kw = self.params.core_kwargs()
+        kw.update(session_len=self.session_len, embed=self.embed)
+        t = self.session
+        if t is not None:
+            kw.update(session_id=t.session_id, sequence_start=t.sequence_start, sequence_end=t.sequence_end,
+                      eos_prefix_len=t.eos_prefix_len, owner=t.owner)
+            if t.continuation_ids is not None:
+                kw["continuation_ids"] = list(t.continuation_ids)
+        return kw
