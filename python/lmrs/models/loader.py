@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,8 @@ class LoadedModel:
     """Everything needed to build a runnable model.
 
     ``weights`` use Hugging Face names; GGUF weights are float32 (dequantized), safetensors weights keep
-    the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors".
+    the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors";
+    ``tensor_types`` maps a GGUF model's weights to their GGUF types ("Q4_K", "F32"...; empty otherwise).
     """
 
     config: ModelConfig
@@ -38,6 +39,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: str
     format: str = ""
+    tensor_types: dict[str, str] = field(default_factory=dict)
 
 
 def default_model_path() -> str:
@@ -86,7 +88,8 @@ def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> Loade
 
         contents = load_gguf(p, progress=progress)
         tokenizer = Tokenizer.from_gguf(contents.metadata)
-        return LoadedModel(_merge_eos(contents.config, tokenizer), contents.weights, tokenizer, str(p), "gguf")
+        return LoadedModel(_merge_eos(contents.config, tokenizer), contents.weights, tokenizer, str(p), "gguf",
+                           contents.tensor_types)
 
     from .safetensors_loader import find_safetensors_files, load_hf_config, load_safetensors_weights
 

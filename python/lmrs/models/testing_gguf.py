@@ -28,7 +28,7 @@ import numpy as np
 
 from .testing_kquants import QK_K, quantize_q4_k, quantize_q6_k
 
-__all__ = ["write_gguf", "GGUF_ARCH"]
+__all__ = ["write_gguf", "quantized_hf_weights", "GGUF_ARCH"]
 
 #: transformers class -> llama.cpp architecture
 GGUF_ARCH = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
@@ -119,6 +119,47 @@ def _quant_type(name: str, arr: np.ndarray, quant: str) -> str:
         return "Q8_0" if arr.shape[-1] % 32 == 0 else "F32"
     big = name == "output.weight" or ".attn_v." in name or ".ffn_down" in name
     return "Q6_K" if big else "Q4_K"
+
+
+def _roundtrip(name: str, arr: np.ndarray, quant: str) -> np.ndarray:
+    """`arr` as a loader will read it back from a GGUF written with `quant` (GGUF name `name`)."""
+    import gguf
+
+    qtype = _quant_type(name, arr, quant)
+    data, raw = _encode(arr, qtype)
+    if raw is None:
+        return np.asarray(data, dtype=np.float32)
+    return gguf.quants.dequantize(data, raw).reshape(arr.shape).astype(np.float32)
+
+
+def quantized_hf_weights(folder: str | os.PathLike, quant: str) -> dict[str, np.ndarray]:
+    """The folder's weights (Hugging Face names and layout) as `write_gguf(folder, ..., quant)`
+    stores them: each quantized and dequantized with the type the writer gives its GGUF tensor
+    (quantization works row by row, so the converter's row permutations commute with it)."""
+    folder = Path(folder)
+    c = json.loads((folder / "config.json").read_text())
+    arch = GGUF_ARCH[c["architectures"][0]]
+    heads, kv = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
+    out = {}
+    for name, t in _hf_tensors(folder).items():
+        if name.endswith("attention.wqkv.weight"):  # InternLM2: q, k and v parts have their own types
+            d = c["hidden_size"] // heads
+            g = t.reshape(kv, heads // kv + 2, d, -1).copy()
+            bid = name.split(".")[2]
+            for sl, stem in ((slice(0, -2), "attn_q"), (slice(-2, -1), "attn_k"), (slice(-1, None), "attn_v")):
+                part = g[:, sl]
+                g[:, sl] = _roundtrip(f"blk.{bid}.{stem}.weight", part.reshape(-1, t.shape[1]), quant).reshape(part.shape)
+            out[name] = g.reshape(t.shape)
+            continue
+        if ".experts." in name:  # model.layers.N.mlp.experts.E.proj.weight: a slice of a stacked tensor
+            bid, proj = name.split(".")[2], name.split(".")[6]
+            gname = f"blk.{bid}.ffn_{proj.split('_')[0]}_exps.weight"
+        else:
+            gname = next((n for n, _ in _gguf_tensors(arch, c, {name: t})), None)
+            if gname is None:  # a head the GGUF does not store (tied)
+                continue
+        out[name] = t if t.ndim < 2 else _roundtrip(gname, t, quant)
+    return out
 
 
 def _encode(arr: np.ndarray, qtype: str):
