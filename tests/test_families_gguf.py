@@ -14,6 +14,12 @@ permutations, Gemma's 1 + w norms, stacked experts, LongRoPE factor tensors, Int
   random weights, which have no redundancy: errors of several logits) must keep most top tokens.
 """
 
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +32,7 @@ from test_families import lmrs_logits, random_prompt
 
 GGUF_FAMILIES = [f for f in SPECS if f != "mistral"]  # Mistral GGUFs use the llama architecture
 SIZE = dict(hidden_size=256, intermediate_size=512)
-EXTRA = {"qwen3_moe": dict(moe_intermediate_size=256),
+EXTRA = {"qwen3_moe": dict(moe_intermediate_size=256, mlp_only_layers=[]),  # llama.cpp's qwen3moe: no dense layers
          # llama.cpp derives Gemma's query scale (1/sqrt(head_dim) below 27B): the GGUF cannot carry another
          "gemma2": dict(query_pre_attn_scalar=16)}
 N_NEW = 32
@@ -158,3 +164,41 @@ def test_quantization_error_against_the_float_model(gfam, quant):
         assert bool(agree[gap > Q8_TOLERANCE].all())
     else:
         assert float(agree.float().mean()) >= 0.5, float(agree.float().mean())
+
+
+def llama_cpp_dir() -> str | None:
+    """llama.cpp's sources: $LMRS_LLAMA_CPP, or the sdist benchmarks/build_llama_server.sh unpacked."""
+    if os.environ.get("LMRS_LLAMA_CPP"):
+        return os.environ["LMRS_LLAMA_CPP"]
+    cache = os.environ.get("LMRS_CACHE", os.path.expanduser("~/.cache/lmrs"))
+    found = sorted(glob.glob(f"{cache}/llama-server/*-work/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.mark.skipif(llama_cpp_dir() is None, reason="llama.cpp's converter is not here: set LMRS_LLAMA_CPP or run "
+                                                    "benchmarks/build_llama_server.sh")
+def test_the_real_converter_writes_the_same_gguf(gfam, tmp_path):
+    """llama.cpp's own convert_hf_to_gguf.py (tokenizer aside) writes the same tensors and
+    hyper-parameters as the test writer, and lmrs gives the same tokens from both."""
+    import gguf
+
+    from lmrs.models.gguf_loader import read_gguf_metadata
+
+    real = tmp_path / "real.gguf"
+    script = os.path.join(os.path.dirname(__file__), "llama_cpp_converter.py")
+    subprocess.run([sys.executable, script, llama_cpp_dir(), str(gfam.folder), "--outfile", str(real), "--outtype",
+                    "f32"], check=True, capture_output=True)
+    ours = gfam.gguf("F32").source
+    a, b = gguf.GGUFReader(str(real)), gguf.GGUFReader(ours)
+    ta = {t.name: (tuple(t.shape), t.tensor_type.name) for t in a.tensors}
+    tb = {t.name: (tuple(t.shape), t.tensor_type.name) for t in b.tensors}
+    assert ta == tb
+    data_b = {t.name: np.array(t.data) for t in b.tensors}
+    for t in a.tensors:
+        if t.name != "rope_freqs.weight":  # Llama 3 factors: computed in another precision
+            assert np.array_equal(np.array(t.data), data_b[t.name]), t.name
+    ma, mb = read_gguf_metadata(a), read_gguf_metadata(b)
+    keys = {k for k in set(ma) | set(mb) if not k.startswith(("tokenizer.", "general.", "GGUF."))}
+    assert {k: ma.get(k) for k in keys} == {k: mb.get(k) for k in keys}
+    prompt = random_prompt(21, seed=5)
+    assert gfam.tokens(load_model_files(real, progress=False), prompt) == gfam.tokens(gfam.gguf("F32"), prompt)

@@ -204,7 +204,7 @@ def write_gguf(folder: str | os.PathLike, path: str | os.PathLike, quant: str = 
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     theta = full.get("rope_theta", c.get("rope_theta"))
-    if theta is not None:
+    if theta is not None and arch != "gemma2":  # the converter's Gemma 2 writes no RoPE base (10k)
         w.add_rope_freq_base(theta)
     if isinstance(params, dict) and isinstance(params.get("sliding_attention"), dict):
         w.add_rope_freq_base_swa(params["sliding_attention"]["rope_theta"])
@@ -213,6 +213,7 @@ def write_gguf(folder: str | os.PathLike, path: str | os.PathLike, quant: str = 
         w.add_rope_scaling_factor(scaling["factor"])
     extra: list[tuple[str, np.ndarray]] = []
     if arch in ("llama", "smollm3"):
+        w.add_vocab_size(c["vocab_size"])
         w.add_rope_dimension_count(head_dim)
         if scaling.get("rope_type") == "llama3":
             from .testing import _llama3_rope_factors
