@@ -12,8 +12,9 @@ weights unpacked.
 
 The tokenizer is word-level (whitespace-split words; special tokens first), so any generated token
 sequence decodes to text that encodes back to the same tokens: a stateless client that resends a
-reply reproduces the session's tokens exactly. The special tokens other than EOS get all-zero output
-rows, so a random model never emits them inside a reply (their text would be skipped when decoded).
+reply reproduces the session's tokens exactly. The special tokens other than the template's
+end-of-turn token get all-zero output rows, so a random model never emits them inside a reply (their
+text would be skipped when decoded) nor ends a turn with another EOS than the template's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 
 from .testing_templates import FORMATS, ChatFormat
 
-__all__ = ["SPECS", "VOCAB_SIZE", "make_tiny_family_model", "word_tokenizer", "hf_reference_class"]
+__all__ = ["SPECS", "VOCAB_SIZE", "make_tiny_family_model", "word_tokenizer", "write_family_tokenizer",
+           "hf_reference_class"]
 
 VOCAB_SIZE = 384
 
@@ -150,7 +152,7 @@ def make_tiny_family_model(family: str, folder: str | os.PathLike, *, seed: int 
     torch.manual_seed(seed)
     model = getattr(transformers, cls_name)(config).float().eval()
     _randomize(model, family, seed)
-    _silence(model, [i for t, i in ids.items() if t not in fmt.eos_tokens])
+    _silence(model, [i for t, i in ids.items() if t != fmt.end_of_turn])
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if family == "internlm2":
@@ -159,6 +161,21 @@ def make_tiny_family_model(family: str, folder: str | os.PathLike, *, seed: int 
         model.save_pretrained(out, safe_serialization=True)
     _save_tokenizer(out, tk, fmt, kwargs)
     return out, model, kwargs
+
+
+def write_family_tokenizer(family: str, folder: str | os.PathLike, template: str | None = None) -> Path:
+    """Only the tokenizer files of a family's tiny model (tokenizer.json, tokenizer_config.json with
+    the chat template or `template`, generation_config.json)."""
+    fmt = FORMATS[family]
+    if template is not None:
+        fmt = ChatFormat(template, fmt.specials, fmt.bos, fmt.eos, fmt.extra_eos, turn_end=fmt.turn_end)
+    tk = word_tokenizer(fmt)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = {t: tk.token_to_id(t) for t in fmt.specials}
+    _save_tokenizer(out, tk, fmt, {"bos_token_id": ids.get(fmt.bos), "eos_token_id": [ids[t] for t in fmt.eos_tokens],
+                                   "pad_token_id": 0})
+    return out
 
 
 def _save_tokenizer(out: Path, tk, fmt: ChatFormat, kwargs: dict) -> None:

@@ -10,7 +10,7 @@ strings and the extra end-of-turn tokens the generation config lists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["ChatFormat", "FORMATS", "QWEN3_TEMPLATE", "GEMMA3_TEMPLATE", "GEMMA2_TEMPLATE"]
 
@@ -425,11 +425,15 @@ class ChatFormat:
     has_system: bool = True  # whether a system message is accepted
     has_tools: bool = False  # whether the template renders a `tools` argument
     thinking: bool = False  # whether the template reads `enable_thinking`
-    words: tuple[str, ...] = field(default=())  # plain words the template writes (for word tokenizers)
+    turn_end: str = ""  # the token that closes an assistant turn in the template (default: eos)
 
     @property
     def eos_tokens(self) -> tuple[str, ...]:
         return (self.eos, *self.extra_eos)
+
+    @property
+    def end_of_turn(self) -> str:
+        return self.turn_end or self.eos
 
 
 _CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -438,7 +442,7 @@ _THINK = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>
 FORMATS: dict[str, ChatFormat] = {
     "llama": ChatFormat(LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                                           "<|end_header_id|>", "<|eot_id|>"),
-                        "<|begin_of_text|>", "<|end_of_text|>", ("<|eot_id|>",), has_tools=True),
+                        "<|begin_of_text|>", "<|end_of_text|>", ("<|eot_id|>",), has_tools=True, turn_end="<|eot_id|>"),
     "mistral": ChatFormat(MISTRAL_TEMPLATE, ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"), "<s>", "</s>"),
     "qwen2": ChatFormat(QWEN25_TEMPLATE, _CHATML + _THINK[2:], None, "<|im_end|>", ("<|endoftext|>",),
                         has_tools=True),
@@ -447,11 +451,12 @@ FORMATS: dict[str, ChatFormat] = {
     "qwen3_moe": ChatFormat(QWEN3_TEMPLATE, _CHATML + _THINK, None, "<|im_end|>", ("<|endoftext|>",),
                             has_tools=True, thinking=True),
     "gemma2": ChatFormat(GEMMA2_TEMPLATE, ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), "<bos>",
-                         "<eos>", ("<end_of_turn>",), has_system=False),
+                         "<eos>", ("<end_of_turn>",), has_system=False, turn_end="<end_of_turn>"),
     "gemma3": ChatFormat(GEMMA3_TEMPLATE, ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>",
-                                           "<start_of_image>"), "<bos>", "<eos>", ("<end_of_turn>",)),
+                                           "<start_of_image>"), "<bos>", "<eos>", ("<end_of_turn>",),
+                         turn_end="<end_of_turn>"),
     "phi3": ChatFormat(PHI4_MINI_TEMPLATE, ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-                                            "<|tool|>", "<|/tool|>"), None, "<|endoftext|>", ("<|end|>",)),
+                                            "<|tool|>", "<|/tool|>"), None, "<|endoftext|>", ("<|end|>",), turn_end="<|end|>"),
     "smollm3": ChatFormat(SMOLLM3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>",
                                              "<think>", "</think>", "<tool_call>", "</tool_call>"),
                           None, "<|im_end|>", ("<|end_of_text|>",), has_tools=True, thinking=True),

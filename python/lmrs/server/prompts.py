@@ -3,8 +3,10 @@
 A session continuation must produce exactly the tokens that rendering the whole conversation
 would add after the previous reply, so that an interactive session and a stateless client that
 resends its history see the same tokens. `continuation()` renders a placeholder exchange followed
-by the new messages and keeps only what follows the placeholder reply; the reply's EOS is dropped
-when the session's history already ends with it (the model generated it).
+by the new messages and keeps only what follows the placeholder reply; the reply's end-of-turn token
+is dropped when the session's history already ends with an EOS (the model generated it). That token
+may be any of the model's EOS tokens (Gemma closes turns with <end_of_turn>, Llama 3 with
+<|eot_id|>, Phi with <|end|>, while their tokenizers' eos_token is another one).
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ class PromptBuilder:
         if cut < 0:
             return self.conversation(messages)
         suffix = text[cut + len(_REPLY):]
-        eos = self.tok.eos_token or ""
-        if history_ends_with_eos and eos and suffix.startswith(eos):
+        if history_ends_with_eos:
+            eos = next((e for e in self._eos_strings() if suffix.startswith(e)), "")
             suffix = suffix[len(eos):]
         return self.tok.encode(suffix, add_special_tokens=False)
+
+    def _eos_strings(self) -> list[str]:
+        """The text of every EOS token of the model, longest first."""
+        names = [self.tok.eos_token, *self.tok.convert_ids_to_tokens(list(self.tok.eos_token_ids))]
+        return sorted({n for n in names if n}, key=len, reverse=True)
 
 
 def _normalize(messages: list[dict]) -> list[dict]:
