@@ -120,5 +120,9 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
 def model_display_name(cfg: EngineConfig, loaded: LoadedModel) -> str:
     if cfg.model is None:
         return "SmolLM2-135M-Instruct"
+    from lmrs.models.hub import parse_model_id
+
+    if not os.path.exists(os.path.expanduser(cfg.model)) and parse_model_id(cfg.model) is not None:
+        return cfg.model  # a model id names itself, as in vLLM
     base = os.path.basename(os.path.normpath(cfg.model))
     return base[:-5] if base.endswith(".gguf") else base

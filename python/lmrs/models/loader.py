@@ -64,16 +64,21 @@ def _merge_eos(config: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
 
 
 def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> LoadedModel:
-    """Load config, weights and tokenizer from a ``.gguf`` file or a Hugging Face folder.
+    """Load config, weights and tokenizer from a ``.gguf`` file, a Hugging Face folder, or a model id
+    cached by Hugging Face (``Qwen/Qwen3-0.6B``, ``unsloth/Qwen3-0.6B-GGUF:Q4_K_M``: see
+    :mod:`lmrs.models.hub`; never downloaded).
 
     A folder without ``config.json`` that holds exactly one ``.gguf`` file loads that file.  Errors are
     :class:`lmrs.models.errors.ModelLoadError` subclasses with a message naming the file and the fix.
     """
-    p = Path(path).expanduser()
+    from .hub import resolve_model
+
+    resolved = resolve_model(os.fspath(path))
+    p = Path(resolved if resolved is not None else path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(
-            f"model path not found: {p}; pass a .gguf file or a Hugging Face folder (config.json + "
-            "*.safetensors + tokenizer.json)", p)
+            f"model path not found: {p}; pass a .gguf file, a Hugging Face folder (config.json + "
+            "*.safetensors + tokenizer.json) or the id of a model in the Hugging Face cache (owner/name)", p)
     if p.is_dir() and not (p / "config.json").is_file():
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
