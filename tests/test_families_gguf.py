@@ -95,6 +95,28 @@ def test_f32_gguf_same_tokens_as_the_hf_folder(gfam):
         assert gfam.tokens(gfam.gguf("F32"), prompt) == gfam.tokens(gfam.hf_loaded, prompt)
 
 
+@pytest.mark.parametrize("quant", ["F32"])
+def test_lmrs_convert_writes_a_folder_transformers_loads(gfam, quant, tmp_path):
+    """`lmrs convert` (GGUF -> Hugging Face folder) gives each family a config.json and weights that
+    transformers loads into the same model (InternLM2: lmrs loads it; transformers has no class)."""
+    from lmrs.models.convert import convert_gguf_to_hf
+
+    out = convert_gguf_to_hf(gfam.gguf(quant).source, tmp_path / "hf", progress=False)
+    back = load_model_files(out, progress=False)
+    assert back.config.architecture == gfam.name
+    prompt = random_prompt(9, seed=4)
+    assert gfam.tokens(back, prompt) == gfam.tokens(gfam.hf_loaded, prompt)
+    if gfam.name == "internlm2":
+        return
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager").eval()
+    assert type(model) is type(gfam.hf)
+    ids = torch.tensor([gfam.prompt])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, gfam.hf(ids).logits, atol=1e-4)
+
+
 def reference_with(gfam, weights: dict) -> torch.nn.Module:
     """The transformers model with these (HF-named) weights (InternLM2: unpacked into its Llama)."""
     import copy

@@ -64,7 +64,9 @@ class Gemma2Family(DecoderFamily):
                 "final_logit_softcapping": d.get("final_logit_softcapping")}
 
     def hf_extra(self, cfg):
-        return {"hidden_activation": cfg.hidden_act, "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+        scalar = cfg.query_pre_attn_scalar
+        return {"hidden_activation": cfg.hidden_act,
+                "query_pre_attn_scalar": int(scalar) if scalar and float(scalar).is_integer() else scalar,
                 "attn_logit_softcapping": cfg.attn_logit_softcapping,
                 "final_logit_softcapping": cfg.final_logit_softcapping, "sliding_window": cfg.sliding_window,
                 "layer_types": list(cfg.layer_types) if cfg.layer_types else None}

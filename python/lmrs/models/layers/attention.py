@@ -85,9 +85,11 @@ class SelfAttention:
                                 kv[:, s.kv_size :].reshape(t, s.num_kv_heads, s.head_dim),
                                 k_cache, v_cache, attn.slot_mapping)
         q = qkv[:, : s.q_size]
+        # a window no sequence of this step outgrows changes nothing: full attention (faster kernels)
+        window = s.sliding_window if s.sliding_window and attn.max_seq_len > s.sliding_window else 0
         o = k.paged_attention(
             q.view(t, s.num_heads, s.head_dim), k_cache, v_cache, attn.block_table, attn.seq_lens,
             attn.query_start_loc, attn.num_decode_rows, s.scale, attn.max_query_len, attn.max_seq_len,
-            sliding_window=s.sliding_window, soft_cap=s.soft_cap,
+            sliding_window=window, soft_cap=s.soft_cap,
         )
         return self.o_proj(o.reshape(t, s.q_size))
