@@ -12,8 +12,9 @@ GQA-shared K/V reads), split over the KV length (flash-decoding, `decode_reduce_
 splits) when there are too few CTAs to fill the GPU; prefill rows use `prefill_attention_*`.
 
 What the CUDA kernels do not implement yet runs the reference ops on the GPU tensors: sliding-window
-attention and attention soft-capping, partial rotary embeddings, `gelu_tanh_and_mul` and
-`refine_top_logits`. `rotary_embedding_and_cache` composes the rotary and cache-write kernels.
+attention and attention soft-capping, partial rotary embeddings, `gelu_tanh_and_mul`,
+`refine_top_logits`, and attention and cache writes for head dims or block sizes the kernels are not
+compiled for (Gemma's 256). `rotary_embedding_and_cache` composes the rotary and cache-write kernels.
 """
 
 from __future__ import annotations
@@ -330,7 +331,15 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return _ref.gelu_tanh_and_mul(x)
 
 
+def _compiled_for(k_cache) -> bool:
+    """Whether the attention and cache kernels are compiled for this cache's head dim and block
+    size (otherwise the reference runs)."""
+    return k_cache.dim() == 4 and k_cache.shape[3] in cc.HEAD_DIMS and k_cache.shape[1] in cc.BLOCK_SIZES
+
+
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    if not _compiled_for(k_cache):
+        return _ref.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     L = get_launcher()
     info = cc.check_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     dev = cc.check_devices(L.device_type, key=key, value=value, k_cache=k_cache, v_cache=v_cache,
@@ -411,7 +420,7 @@ def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, m
                      sliding_window: int = 0, soft_cap: float = 0.0):
     """q [B, Hq, D] -> [B, Hq, D]. `max_seq_len` (>= every seq_len) sizes the KV split; without
     it the block table's width bounds the length."""
-    if sliding_window or soft_cap:
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
         return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len,
                                      sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
@@ -428,7 +437,7 @@ def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_lo
                       max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
     """q [T, Hq, D] -> [T, Hq, D], rows of any query length. Without `max_query_len` the grid is
     sized for T tokens in one row (correct, but launches idle CTAs)."""
-    if sliding_window or soft_cap:
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
         return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
                                       sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
@@ -448,7 +457,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
                     soft_cap: float = 0.0):
     """A whole plan: the leading `num_decode_rows` rows (one query each, q rows 0..nd-1) through
     the decode kernel, the rest through the prefill kernel, both writing one [T, Hq, D] output."""
-    if sliding_window or soft_cap:
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
         return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
                                     scale, max_query_len, max_seq_len, sliding_window=sliding_window,
                                     soft_cap=soft_cap)
