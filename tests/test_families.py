@@ -173,6 +173,20 @@ def test_longrope_short_factors_within_the_original_context(tmp_path):
     assert default.engine.runner.model.rotaries[0].uses_long_factors
 
 
+def test_gemma3_multimodal_checkpoint_loads_its_text_model(tmp_path):
+    """Gemma 3 4B-27B ship as Gemma3ForConditionalGeneration: lmrs serves their text model, equal to
+    transformers' on text."""
+    from lmrs.models.testing_hf import make_tiny_gemma3_multimodal
+
+    folder, hf = make_tiny_gemma3_multimodal(tmp_path / "g3mm")
+    loaded = load_model_files(folder, progress=False)
+    assert loaded.config.architecture == "gemma3" and loaded.config.layer_types[5] == "full_attention"
+    seq = random_prompt(40, seed=9)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor([seq])).logits[0].float()
+    assert float((lmrs_logits(loaded, seq) - ref).abs().max()) < 1e-4
+
+
 def test_family_layouts():
     """The tiny configs really have the features the tests above claim to exercise."""
     import tempfile

@@ -88,6 +88,11 @@ class Family:
     def weight_shapes(self, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 
+    def checkpoint_name(self, name: str) -> str | None:
+        """The name a checkpoint tensor goes by in `weight_shapes` (None: a tensor lmrs does not use,
+        skipped silently, e.g. a multimodal checkpoint's vision tower)."""
+        return name
+
     def build(self, cfg: ModelConfig, weights: Mapping[str, torch.Tensor], *, dtype: torch.dtype,
               device: torch.device | str, kernels, parallel: ParallelContext = SINGLE) -> DecoderModel:
         raise NotImplementedError

@@ -29,8 +29,8 @@ import torch
 
 from .testing_templates import FORMATS, ChatFormat
 
-__all__ = ["SPECS", "VOCAB_SIZE", "make_tiny_family_model", "word_tokenizer", "write_family_tokenizer",
-           "hf_reference_class"]
+__all__ = ["SPECS", "VOCAB_SIZE", "make_tiny_family_model", "make_tiny_gemma3_multimodal", "word_tokenizer",
+           "write_family_tokenizer", "hf_reference_class"]
 
 VOCAB_SIZE = 384
 
@@ -161,6 +161,30 @@ def make_tiny_family_model(family: str, folder: str | os.PathLike, *, seed: int 
         model.save_pretrained(out, safe_serialization=True)
     _save_tokenizer(out, tk, fmt, kwargs)
     return out, model, kwargs
+
+
+def make_tiny_gemma3_multimodal(folder: str | os.PathLike, *, seed: int = 0):
+    """A tiny `Gemma3ForConditionalGeneration` (the 4B-27B checkpoints' layout: `text_config`,
+    `language_model.*` tensors beside a SigLIP vision tower); returns (folder, transformers model)."""
+    import transformers
+
+    _, spec = SPECS["gemma3"]
+    text = transformers.Gemma3TextConfig(**dict(spec, vocab_size=VOCAB_SIZE, max_position_embeddings=512))
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=32, patch_size=8)
+    fmt = FORMATS["gemma3"]
+    ids = {t: i for i, t in enumerate(fmt.specials)}
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                       image_token_index=ids["<start_of_image>"], boi_token_index=ids["<start_of_image>"],
+                                       eoi_token_index=ids["<end_of_turn>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+                                       attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForConditionalGeneration(config).float().eval()
+    _randomize(model, "gemma3", seed)
+    out = Path(folder)
+    model.save_pretrained(out, safe_serialization=True)
+    write_family_tokenizer("gemma3", out)
+    return out, model
 
 
 def write_family_tokenizer(family: str, folder: str | os.PathLike, template: str | None = None) -> Path:

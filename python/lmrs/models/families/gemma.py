@@ -1,5 +1,9 @@
 """Gemma 2 and Gemma 3 (text: `Gemma3ForCausalLM`, model_type `gemma3_text`).
 
+Gemma 3's multimodal checkpoints (`Gemma3ForConditionalGeneration`: 4B, 12B, 27B) load as their
+text model: the `text_config` and the `language_model.` tensors; the vision tower and projector are
+skipped.
+
 Both: sandwich blocks (input / post-attention / pre-feedforward / post-feedforward RMSNorms), every
 norm `(1 + w)`, GeGLU MLP (`gelu_pytorch_tanh`), embeddings times sqrt(hidden_size), attention
 scale `query_pre_attn_scalar ** -0.5`, tied output head, and alternating sliding-window / global
@@ -19,6 +23,7 @@ norms. llama.cpp derives what the file lacks: the sliding pattern (2 / 6, unless
 
 from __future__ import annotations
 
+from ..errors import UnsupportedModelError
 from ..family import GGUF_BLOCK_NAMES, DecoderFamily
 from ..hf_config import normalize_rope
 from ..layers import RotaryEmbedding, SandwichBlock
@@ -49,7 +54,7 @@ class Gemma2Family(DecoderFamily):
     def config_from_hf(self, d, *, name=None):
         d = dict(d)
         if d.get("use_bidirectional_attention"):
-            raise ValueError("bidirectional Gemma (embedding models) is not a causal language model")
+            raise UnsupportedModelError("bidirectional Gemma (an embedding model) is not a causal language model")
         # Gemma's activation key is hidden_activation (hidden_act, when present, is stale)
         d["hidden_act"] = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
         d.setdefault("sliding_window", self.default_window)
@@ -106,12 +111,37 @@ class Gemma2Family(DecoderFamily):
                              norm("pre_feedforward_layernorm"), self.mlp(cfg, f, i), norm("post_feedforward_layernorm"))
 
 
+#: transformers' Gemma3TextConfig defaults (a multimodal checkpoint's text_config omits them)
+_GEMMA3_TEXT_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                             num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                             rms_norm_eps=1e-6, sliding_window=4096, max_position_embeddings=131072,
+                             rope_theta=1_000_000.0, rope_local_base_freq=10_000.0)
+_SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
 class Gemma3Family(Gemma2Family):
     name = "gemma3"
-    hf_architectures = ("Gemma3ForCausalLM",)
-    model_types = ("gemma3_text",)
+    hf_architectures = ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
+    model_types = ("gemma3_text", "gemma3")
     gguf_architectures = ("gemma3",)
     hf_defaults = dict(Gemma2Family.hf_defaults, max_position_embeddings=131072)
+
+    def config_from_hf(self, d, *, name=None):
+        text = d.get("text_config")
+        if isinstance(text, dict):  # Gemma3ForConditionalGeneration: the text model's config
+            top = {k: d[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id", "tie_word_embeddings",
+                                     "torch_dtype", "dtype", "_name_or_path") if k in d}
+            d = {**_GEMMA3_TEXT_DEFAULTS, **top, **text, "architectures": ["Gemma3ForCausalLM"]}
+        return super().config_from_hf(d, name=name)
+
+    def checkpoint_name(self, name):
+        if name.startswith(_SKIPPED_PREFIXES):
+            return None
+        if name.startswith("language_model."):  # language_model.model.X, language_model.lm_head.weight
+            return name[len("language_model."):]
+        if name.startswith("model.language_model."):
+            return "model." + name[len("model.language_model."):]
+        return name
     default_theta = 1_000_000.0
     local_theta = 10_000.0
     qk_norm = True
@@ -125,7 +155,7 @@ class Gemma3Family(Gemma2Family):
         else:  # transformers 4: rope_scaling and rope_theta are the global layers'
             local_theta, local_scaling = float(d.get("rope_local_base_freq") or self.local_theta), None
         if local_scaling is not None:
-            raise ValueError("Gemma 3's local (sliding) layers use plain RoPE; rope scaling there is not supported")
+            raise UnsupportedModelError("Gemma 3's local (sliding) layers use plain RoPE; rope scaling there is not supported")
         return {**super().hf_options(d, fields), "extras": {"rope_local_theta": local_theta}}
 
     def hf_extra(self, cfg):
