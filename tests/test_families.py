@@ -5,13 +5,14 @@ transformers Llama with the same weights):
 - float32: greedy tokens identical to transformers' `generate` for 64 tokens on 4 prompts, one at a
   time and in a batch of 8 with mixed lengths and chunked prefill (16-token steps); logits of a
   whole sequence within 1e-4 of transformers';
-- bfloat16 (the fast CPU path): the first step's top token equals the float32 reference's and the
-  top-5 log-probabilities are within BF16_TOLERANCE of it.
+- bfloat16 (the fast CPU path): the first step's top token equals the float32 reference's (or, at a
+  near-tie closer than BF16_TOLERANCE, its second) and the top-5 log-probabilities are within
+  BF16_TOLERANCE of it.
 
 The configs exercise each family's features: explicit head_dim and q/k norms (Qwen3), experts with a
 dense layer (Qwen3-MoE), sliding windows of 8 and 16 tokens that 64-token generations outgrow
 (Gemma, Mistral), soft-capping that bites (Gemma 2: attention 2.0, logits 3.0), local/global RoPE
-with linear scaling (Gemma 3), partial rotary and LongRoPE crossing the original context (Phi),
+with linear scaling (Gemma 3), partial rotary and LongRoPE (Phi: long factors, attention factor 1.32),
 NoPE layers (SmolLM3), grouped wqkv (InternLM2), Llama 3 RoPE scaling and Qwen2 biases.
 """
 
@@ -26,8 +27,8 @@ from lmrs.models.testing_hf import SPECS, VOCAB_SIZE, make_tiny_family_model
 from lmrs.runner.kv_cache import KVCache
 
 N_NEW = 64
-PROMPT_LENS = (5, 19, 37, 53)
-EXTRA_LENS = (7, 11, 29, 44)  # the other half of the batch of 8
+PROMPT_LENS = (17, 23, 37, 53)  # longer than the tiny Phi's original context (16): transformers' long factors
+EXTRA_LENS = (18, 26, 29, 44)  # the other half of the batch of 8
 FAMILIES = list(SPECS)
 
 
@@ -147,7 +148,9 @@ def test_bfloat16_first_step_top5(fam):
         top = eng.generate([p], sp)[0].outputs[0].logprobs[0]["top"]
         ours = dict(top)
         ref_top = ref.topk(6)
-        assert top[0][0] == int(ref_top.indices[0]), f"{fam.name}: top-1 differs"
+        if top[0][0] != int(ref_top.indices[0]):  # only at a near-tie, for the reference's second choice
+            gap = float(ref_top.values[0] - ref_top.values[1])
+            assert top[0][0] == int(ref_top.indices[1]) and gap < BF16_TOLERANCE, (fam.name, top, ref_top)
         cutoff = float(ref_top.values[4]) - BF16_TOLERANCE  # a token near the 5th may swap with it
         for tid, lp in ours.items():
             assert float(ref[tid]) >= cutoff, (fam.name, tid, lp, ref_top)
@@ -157,7 +160,7 @@ def test_bfloat16_first_step_top5(fam):
 def test_longrope_short_factors_within_the_original_context(tmp_path):
     """LongRoPE's factors are chosen per engine: an engine whose sequences stay within the original
     context (max_model_len <= original_max_position_embeddings) uses the short factors and equals
-    transformers there; the default tiny Phi (original context 4) runs every sequence on the long
+    transformers there; the default tiny Phi (original context 16) runs every sequence on the long
     factors, as transformers does for sequences longer than that."""
     folder, hf, _ = make_tiny_family_model("phi3", tmp_path / "phi3", original_max_position_embeddings=60)
     loaded = load_model_files(folder, progress=False)

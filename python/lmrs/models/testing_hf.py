@@ -80,8 +80,8 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
     "phi3": ("Phi3ForCausalLM", dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        partial_rotary_factor=0.75, original_max_position_embeddings=4, rope_scaling=_LONGROPE,
-        tie_word_embeddings=True, sliding_window=None)),
+        partial_rotary_factor=0.75, original_max_position_embeddings=16, max_position_embeddings=128,
+        rope_scaling=_LONGROPE, tie_word_embeddings=True, sliding_window=None)),
     "smollm3": ("SmolLM3ForCausalLM", dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
         tie_word_embeddings=True, rope_theta=2000000.0)),
@@ -142,8 +142,9 @@ def make_tiny_family_model(family: str, folder: str | os.PathLike, *, seed: int 
     fmt = FORMATS[family]
     tk = word_tokenizer(fmt)
     ids = {t: tk.token_to_id(t) for t in fmt.specials}
-    kwargs = dict(spec, vocab_size=VOCAB_SIZE, max_position_embeddings=512, bos_token_id=ids.get(fmt.bos),
+    kwargs = dict(vocab_size=VOCAB_SIZE, max_position_embeddings=512, bos_token_id=ids.get(fmt.bos),
                   eos_token_id=[ids[t] for t in fmt.eos_tokens], pad_token_id=0, attn_implementation="eager")
+    kwargs.update(spec)
     kwargs.update(overrides)
     if (kwargs.get("rope_scaling") or {}).get("rope_type") == "longrope" and "short_factor" not in kwargs["rope_scaling"]:
         kwargs["rope_scaling"] = _longrope_factors(kwargs)

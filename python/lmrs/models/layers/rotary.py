@@ -123,9 +123,16 @@ class RotaryEmbedding:
         return self.long_table is not None and self.cos_sin_cache is self.long_table
 
     def select_for_context(self, max_len: int) -> None:
-        """LongRoPE: the long table when sequences may be longer than the original context."""
-        if self.long_table is not None:
-            self.cos_sin_cache = self.long_table if max_len > self.original_max_positions else self.short_table
+        """Size the tables for sequences of at most `max_len` tokens (rows beyond are freed: a
+        131072-position table of 256 columns is 128 MiB), and for LongRoPE pick the long table when
+        sequences may be longer than the original context."""
+        if max_len < self.short_table.shape[0]:
+            self.short_table = self.short_table[:max_len].clone()
+            if self.long_table is not None:
+                self.long_table = self.long_table[:max_len].clone()
+        self.cos_sin_cache = self.short_table
+        if self.long_table is not None and max_len > self.original_max_positions:
+            self.cos_sin_cache = self.long_table
 
     @classmethod
     def for_config(cls, config, kernels, device, *, theta: float | None = None, scaling: dict | None | str = "config",
