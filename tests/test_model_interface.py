@@ -150,3 +150,32 @@ def test_gelu_tanh_and_mul(module):
     x = torch.randn(7, 2 * 48)
     want = F.gelu(x[:, :48], approximate="tanh") * x[:, 48:]
     assert torch.allclose(module.gelu_tanh_and_mul(x), want, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- mixture of experts
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_sparse_moe_matches_transformers_block(norm_topk_prob):
+    """The MoE block (router, top-k with or without renormalization, experts grouped by expert)
+    against transformers' Qwen3MoeSparseMoeBlock with the same weights."""
+    from transformers import Qwen3MoeConfig
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    from lmrs.models.layers import SparseMoE
+    from lmrs.models.linear import Linear
+
+    cfg = Qwen3MoeConfig(hidden_size=32, moe_intermediate_size=16, num_experts=6, num_experts_per_tok=3,
+                         norm_topk_prob=norm_topk_prob)
+    torch.manual_seed(0)
+    block = Qwen3MoeSparseMoeBlock(cfg).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape) / math.sqrt(p.shape[-1]))
+    gate_up = [Linear(block.experts.gate_up_proj[e].detach().clone()) for e in range(6)]
+    down = [Linear(block.experts.down_proj[e].detach().clone()) for e in range(6)]
+    moe = SparseMoE(block.gate.weight.detach(), gate_up, down, cpu, top_k=3, norm_topk_prob=norm_topk_prob)
+    x = torch.randn(11, 32)
+    with torch.no_grad():
+        want = block(x[None])[0]
+    assert torch.allclose(moe(x), want, atol=1e-6)
+    weights, ids = moe.route(x)
+    assert ids.shape == (11, 3) and torch.allclose(weights.sum(-1), torch.ones(11)) == norm_topk_prob

@@ -15,6 +15,7 @@ same code and a GGUF converts into a loadable Hugging Face folder.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
 import numpy as np
@@ -67,7 +68,7 @@ def unpermute_qk(w, n_head: int):
     return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-class Family:
+class Family(ABC):
     """Interface of a model family (see `DecoderFamily` for the Llama-shaped implementation)."""
 
     #: the `ModelConfig.architecture` value
@@ -78,24 +79,43 @@ class Family:
     model_types: tuple[str, ...] = ()
     #: llama.cpp `general.architecture` values this family loads
     gguf_architectures: tuple[str, ...] = ()
+    #: GGUF tensors the loader reads as auxiliary values (RoPE factors), not weights
+    gguf_aux_tensors: tuple[str, ...] = ()
 
+    @abstractmethod
     def config_from_hf(self, d: Mapping[str, Any], *, name: str | None = None) -> ModelConfig:
-        raise NotImplementedError
+        """The ModelConfig of a config.json dict."""
 
+    @abstractmethod
     def to_hf_dict(self, cfg: ModelConfig) -> dict[str, Any]:
-        raise NotImplementedError
+        """A config.json dict transformers reads back."""
 
+    @abstractmethod
     def weight_shapes(self, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError
+        """The checkpoint tensors (Hugging Face names) and their shapes."""
 
     def checkpoint_name(self, name: str) -> str | None:
         """The name a checkpoint tensor goes by in `weight_shapes` (None: a tensor lmrs does not use,
         skipped silently, e.g. a multimodal checkpoint's vision tower)."""
         return name
 
+    @abstractmethod
+    def config_from_gguf(self, md: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, path: str = "",
+                         aux: Mapping[str, np.ndarray] | None = None) -> ModelConfig:
+        """The ModelConfig of GGUF metadata and tensor shapes."""
+
+    @abstractmethod
+    def gguf_to_hf_name(self, name: str) -> str | None:
+        """The checkpoint name of a GGUF tensor (None: not part of this family's layout)."""
+
+    @abstractmethod
+    def gguf_tensors(self, cfg: ModelConfig, name: str, array: np.ndarray, pending: dict) -> list[tuple[str, np.ndarray]]:
+        """Checkpoint-named arrays for one GGUF tensor."""
+
+    @abstractmethod
     def build(self, cfg: ModelConfig, weights: Mapping[str, torch.Tensor], *, dtype: torch.dtype,
               device: torch.device | str, kernels, parallel: ParallelContext = SINGLE) -> DecoderModel:
-        raise NotImplementedError
+        """The runnable model."""
 
 
 class DecoderFamily(Family):
