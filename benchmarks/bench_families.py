@@ -95,7 +95,9 @@ def markdown(results: dict, args, versions: dict) -> str:
              "12 query / 4 KV heads of 64, MLP 2048, vocabulary 32000; Gemma 3 with 512-token sliding windows on 5 "
              f"of every 6 layers), {args.input_len}-token prompts, {args.output_len} new tokens, greedy; decode tok/s "
              "= output tokens / (generation time - prefill time); best of "
-             f"{args.repeats} after a warm-up, one process, {args.threads or 'all'} threads. Versions: "
+             f"{args.repeats} after a warm-up, one process, {args.threads or 'all'} threads, on "
+             f"{os.cpu_count()} CPUs with a 1-minute load average of {versions.pop('load', '?')} during the run "
+             "(other jobs share the machine: compare the ratios, not the absolute numbers). Versions: "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
              "| family | dtype | batch | lmrs tok/s | transformers tok/s | lmrs / transformers |",
              "|---|---|---:|---:|---:|---:|"]
@@ -148,7 +150,8 @@ def main(argv=None) -> int:
                           f"{r['lmrs'] / r['transformers']:.2f}x", flush=True)
             del hf
             gc.collect()
-    md = markdown(results, args, versions)
+    versions["load"] = f"{os.getloadavg()[0]:.1f} at the end"
+    md = markdown(results, args, dict(versions))
     print(md)
     if args.json:
         with open(args.json, "w") as f:
