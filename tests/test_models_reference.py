@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lmrs import _core
-from lmrs.models.llama import LlamaModel
+from lmrs.models.registry import build_model
 from lmrs.models.loader import load_model_files
-from lmrs.models.rope import inv_freq_for
+from lmrs.models.layers.rotary import inv_freq_for
 from lmrs.models.testing import make_tiny_model
 from lmrs.runner.kv_cache import KVCache
 from lmrs.runner.model_runner import ModelRunner
@@ -73,7 +73,7 @@ def test_paged_forward_matches_plain_pytorch(tmp_path, case):
     folder = make_tiny_model(tmp_path / "m", seed=3, **case)
     loaded = load_model_files(folder, progress=False)
     cfg, w = loaded.config, loaded.weights
-    model = LlamaModel(cfg, w, dtype=torch.float32)
+    model = build_model(cfg, w, dtype=torch.float32)
     bs = 4
     kv = KVCache(cfg.num_hidden_layers, 96, bs, cfg.num_key_value_heads, cfg.head_dim, torch.float32)
     runner = ModelRunner(model, kv, Sampler([]))

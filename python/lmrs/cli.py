@@ -4,6 +4,7 @@
     lmrs serve api_client URL [--session-id N]   terminal chat client of a running server
     lmrs serve gradio URL [--server-name H --server-port P]   browser chat UI of a running server
     lmrs convert GGUF OUTDIR [--dtype ...]   GGUF -> Hugging Face folder (safetensors + tokenizer)
+    lmrs models [--all] [--json]             models in the local Hugging Face cache that lmrs can load
     lmrs bench serve [flags]                 serving benchmark against any OpenAI-compatible server
 """
 
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
         from lmrs.models.convert import main as convert_main
 
         return convert_main(rest)
+    if cmd == "models":
+        return models_main(rest)
     if cmd == "bench":
         if rest and rest[0] == "serve":
             sys.path.insert(0, _benchmarks_dir())
@@ -53,6 +56,48 @@ def main(argv=None) -> int:
         return 2
     print(f"lmrs: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def models_main(argv) -> int:
+    """`lmrs models`: what the Hugging Face cache holds that lmrs loads (family, format, size)."""
+    import argparse
+    import json
+
+    from lmrs.models.hub import cached_models, hub_cache_dir
+
+    p = argparse.ArgumentParser(prog="lmrs models", description="List the models in the local Hugging Face cache "
+                                "($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub) that lmrs can load; "
+                                "pass the MODEL column to `lmrs serve api_server` or `Engine(...)`.")
+    p.add_argument("--all", action="store_true", help="also list what lmrs cannot load, with the reason")
+    p.add_argument("--json", action="store_true", help="one JSON object per model")
+    args = p.parse_args(argv)
+    models = [m for m in cached_models() if args.all or m.loadable]
+    if args.json:
+        for m in models:
+            print(json.dumps({"model": m.model_id, "family": m.family, "format": m.format, "quant": m.quant,
+                              "size_bytes": m.size_bytes, "path": m.path, "loadable": m.loadable,
+                              "problem": m.problem}))
+        return 0
+    print(f"cache: {hub_cache_dir()}")
+    if not models:
+        print("no loadable models" + ("" if args.all else " (--all lists the others)"))
+        return 0
+    rows = [(m.model_id, m.family or "-", m.format + (f" {m.quant}" if m.quant else ""), _size(m.size_bytes),
+             m.problem) for m in models]
+    head = ("MODEL", "FAMILY", "FORMAT", "SIZE", "PROBLEM" if args.all else "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    for r in [head, *rows]:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths)) + ("  " + r[4] if r[4] else "")
+        print(line.rstrip())
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
 
 def _benchmarks_dir() -> str:

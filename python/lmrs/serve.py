@@ -32,7 +32,9 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
                                 "sessions and OpenAI-compatible routes.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", nargs="?", default=None,
-                   help="a Hugging Face model folder, a .gguf file, or nothing for the embedded SmolLM2-135M-Instruct")
+                   help="a Hugging Face model folder, a .gguf file, a model id in the local Hugging Face cache "
+                        "(Qwen/Qwen3-0.6B, unsloth/Qwen3-0.6B-GGUF:Q4_K_M), or nothing for the embedded "
+                        "SmolLM2-135M-Instruct")
     add_flag(p, "server-name", default="0.0.0.0", help="address to listen on")
     add_flag(p, "server-port", type=int, default=23333, help="port to listen on")
     add_flag(p, "model-name", default=None, help="the model name clients use (default: from the model file)")
@@ -100,6 +102,10 @@ def configs_from_args(args):
 def _default_name(model: str | None) -> str:
     if model is None:
         return "SmolLM2-135M-Instruct"
+    from lmrs.models.hub import parse_model_id
+
+    if not os.path.exists(os.path.expanduser(model)) and parse_model_id(model) is not None:
+        return model  # a model id names itself, as in vLLM
     base = os.path.basename(os.path.normpath(model))
     return base[:-5] if base.endswith(".gguf") else base
 
@@ -189,9 +195,19 @@ def main(argv=None, prog: str = "python -m lmrs.serve") -> int:
         except ModelNotFoundError as e:
             print(f"lmrs: {e}", file=sys.stderr)
             return 2
-    elif not os.path.exists(args.model):
-        print(f"lmrs: model {args.model!r} not found (give a Hugging Face folder or a .gguf file)", file=sys.stderr)
-        return 2
+    else:
+        from lmrs.models.errors import ModelLoadError
+        from lmrs.models.hub import resolve_model
+
+        try:
+            found = resolve_model(args.model)
+        except ModelLoadError as e:
+            print(f"lmrs: {e}", file=sys.stderr)
+            return 2
+        if found is None:
+            print(f"lmrs: model {args.model!r} not found (give a Hugging Face folder, a .gguf file or the id of a "
+                  "model in the Hugging Face cache)", file=sys.stderr)
+            return 2
     try:
         engine_cfg, settings = configs_from_args(args)
         engine_cfg.validate()

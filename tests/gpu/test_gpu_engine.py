@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmrs import _core
-from lmrs.models.llama import LlamaModel
+from lmrs.models.registry import build_model
 from lmrs.models.loader import load_model_files
 from lmrs.models.testing import make_tiny_model
 from lmrs.runner.kv_cache import KVCache
@@ -53,8 +53,8 @@ def test_tiny_model_cuda_matches_cpu_reference(tmp_path, arch, head_dim):
     cfg, w = loaded.config, loaded.weights
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, cfg.vocab_size, int(rng.integers(1, 60))).tolist() for _ in range(5)]
-    cpu = run_logits(LlamaModel(cfg, w, dtype=torch.float32, device="cpu", kernels=reference), cfg, prompts, "cpu")
-    gpu = run_logits(LlamaModel(cfg, w, dtype=torch.float32, device="cuda", kernels=cuda), cfg, prompts, "cuda")
+    cpu = run_logits(build_model(cfg, w, dtype=torch.float32, device="cpu", kernels=reference), cfg, prompts, "cpu")
+    gpu = run_logits(build_model(cfg, w, dtype=torch.float32, device="cuda", kernels=cuda), cfg, prompts, "cuda")
     for i in cpu:
         for a, b in zip(cpu[i], gpu[i]):
             assert torch.allclose(a, b, atol=2e-3, rtol=2e-3), (i, (a - b).abs().max())

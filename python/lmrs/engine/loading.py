@@ -10,8 +10,9 @@ import torch
 
 from lmrs import _core
 from lmrs.engine.config import EngineConfig
-from lmrs.models.llama import LlamaModel
+from lmrs.models.decoder import DecoderModel
 from lmrs.models.loader import LoadedModel, default_model_path, load_model_files
+from lmrs.models.registry import build_model
 from lmrs.runner.kv_cache import KVCache, bytes_per_block, parse_bytes
 from lmrs.runner.model_runner import ModelRunner
 from lmrs.runner.sampler import Sampler
@@ -25,7 +26,7 @@ CPU_DEFAULT_KV_BYTES = 1 << 30
 @dataclass
 class EngineParts:
     loaded: LoadedModel
-    model: LlamaModel
+    model: DecoderModel
     runner: ModelRunner
     core: "_core.Core"
     max_model_len: int
@@ -70,7 +71,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         loaded = load_model_files(path, progress=cfg.progress)
     mc = loaded.config
     dtype = resolve_dtype(cfg.dtype, device, mc.torch_dtype)
-    model = LlamaModel(mc, loaded.weights, dtype=dtype, device=device)
+    model = build_model(mc, loaded.weights, dtype=dtype, device=device)
     if device == "cpu" and cfg.quantize != "none" and dtype != torch.float32:
         from lmrs.models.quant import quantize_for_small_batches
 
@@ -89,6 +90,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         max_model_len = min(max_model_len, capacity_tokens)
     if max_model_len < 2:
         raise ValueError(f"max_model_len must be at least 2 (KV capacity is {capacity_tokens} tokens)")
+    model.set_max_model_len(max_model_len)
     session_len = min(cfg.session_len or max_model_len, max_model_len)
     kv = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, model.num_kv_heads, mc.head_dim, dtype, device)
     log.info("KV cache: %d blocks of %d tokens (%.1f MiB, %d tokens), max_model_len %d",
@@ -119,5 +121,9 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
 def model_display_name(cfg: EngineConfig, loaded: LoadedModel) -> str:
     if cfg.model is None:
         return "SmolLM2-135M-Instruct"
+    from lmrs.models.hub import parse_model_id
+
+    if not os.path.exists(os.path.expanduser(cfg.model)) and parse_model_id(cfg.model) is not None:
+        return cfg.model  # a model id names itself, as in vLLM
     base = os.path.basename(os.path.normpath(cfg.model))
     return base[:-5] if base.endswith(".gguf") else base

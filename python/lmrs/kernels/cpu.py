@@ -14,10 +14,14 @@ mapping, block table, ...) and the same per-layer caches every step, so the wrap
 the last metadata tensors they converted and the caches they validated (by object identity,
 holding a reference), which keeps the Python cost of a call to a few microseconds.
 
-Two fused kernels beyond the shared interface, used by the model when a backend has them:
+The fused ops of the backend interface (`lmrs.kernels.backend`) have Rust kernels too:
 `rotary_embedding_and_cache` (RoPE on q in place and k rotated straight into the paged cache with
 v, from the fused qkv output) and `refine_top_logits` (the output head's top candidates
 recomputed in float32).
+
+What the Rust kernels do not implement yet runs the reference: sliding-window attention and
+attention soft-capping (`sliding_window` > 0, `soft_cap` > 0), partial rotary embeddings
+(`rotary_dim` < head_dim) and `gelu_tanh_and_mul`.
 """
 
 from __future__ import annotations
@@ -190,11 +194,16 @@ def _rope_table_ok(cos_sin_cache: torch.Tensor, head_dim: int) -> bool:
             and cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == head_dim)
 
 
-def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True) -> None:
+def _partial(rotary_dim: int | None, head_dim: int) -> bool:
+    return rotary_dim is not None and int(rotary_dim) != head_dim
+
+
+def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True, *,
+                     rotary_dim: int | None = None) -> None:
     qh, kh = _heads(q, head_dim), _heads(k, head_dim)
-    if (qh is None or kh is None or q.dtype != k.dtype or q.dtype not in _CODE or not positions.is_cpu
-            or not _rope_table_ok(cos_sin_cache, head_dim)):
-        return _ref.rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox)
+    if (_partial(rotary_dim, head_dim) or qh is None or kh is None or q.dtype != k.dtype or q.dtype not in _CODE
+            or not positions.is_cpu or not _rope_table_ok(cos_sin_cache, head_dim)):
+        return _ref.rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
     _, pos = _index(positions)
     _core.cpu_rotary_embedding(q.shape[0], head_dim, bool(is_neox), _CODE[q.dtype], pos, cos_sin_cache.data_ptr(),
                                cos_sin_cache.shape[0], q.data_ptr(), qh[0], qh[1], k.data_ptr(), kh[0], kh[1],
@@ -215,18 +224,19 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 
 def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
-                               is_neox: bool, k_cache, v_cache, slot_mapping) -> None:
+                               is_neox: bool, k_cache, v_cache, slot_mapping, *, rotary_dim: int | None = None) -> None:
     """qkv [T, (Hq + 2 Hk) * D] = [q | k | v]: rotate q in place; write k rotated and v into the
     paged cache at `slot_mapping` (negative slots skipped). With float32 qkv the cache may be
     16-bit (rounded once when written). The k columns afterwards are unspecified."""
     t = qkv.shape[0]
     info = _cache_info(k_cache, v_cache)
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
-    if (info is None or qkv.dtype not in _CODE or not _rows_ok(qkv, q_size + 2 * kv_size) or info[2] != num_kv_heads
+    if (_partial(rotary_dim, head_dim) or info is None or qkv.dtype not in _CODE
+            or not _rows_ok(qkv, q_size + 2 * kv_size) or info[2] != num_kv_heads
             or info[3] != head_dim or (info[4] != _CODE[qkv.dtype] and qkv.dtype != torch.float32)
             or not positions.is_cpu or not slot_mapping.is_cpu or not _rope_table_ok(cos_sin_cache, head_dim)):
         return _ref.rotary_embedding_and_cache(positions, qkv, num_heads, num_kv_heads, head_dim, cos_sin_cache,
-                                               is_neox, k_cache, v_cache, slot_mapping)
+                                               is_neox, k_cache, v_cache, slot_mapping, rotary_dim=rotary_dim)
     nb, bs, _, _, cache_code, kc, vc = info
     _, pos = _index(positions)
     _, slots = _index(slot_mapping)
@@ -246,6 +256,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = _empty((t, i), dtype=x.dtype)
     _core.cpu_silu_and_mul(t, i, x.data_ptr(), x.stride(0), out.data_ptr(), i, _CODE[x.dtype], THREADS)
     return out
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU (no Rust kernel yet: the reference)."""
+    return _ref.gelu_tanh_and_mul(x)
 
 
 # ---- attention --------------------------------------------------------------------------------
@@ -295,31 +310,42 @@ def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scal
     return out
 
 
-def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None):
+def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None, *,
+                     sliding_window: int = 0, soft_cap: float = 0.0):
     b, hq, d = q.shape
     if b == 0:
         return q.new_empty((0, hq, d))
-    out = _attention(q, k_cache, v_cache, block_table, seq_lens, _arange(b + 1), scale)
+    out = None
+    if not sliding_window and not soft_cap:
+        out = _attention(q, k_cache, v_cache, block_table, seq_lens, _arange(b + 1), scale)
     if out is None:
-        return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len)
+        return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len,
+                                     sliding_window=sliding_window, soft_cap=soft_cap)
     return out
 
 
 def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float,
-                      max_query_len: int | None = None):
-    out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
+                      max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
+    out = None
+    if not sliding_window and not soft_cap:
+        out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
     if out is None:
-        return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len)
+        return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
+                                      sliding_window=sliding_window, soft_cap=soft_cap)
     return out
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows: int, scale: float,
-                    max_query_len: int | None = None, max_seq_len: int | None = None):
+                    max_query_len: int | None = None, max_seq_len: int | None = None, *, sliding_window: int = 0,
+                    soft_cap: float = 0.0):
     """Decode and prefill rows in one kernel call (the kernel does not need them ordered)."""
-    out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
+    out = None
+    if not sliding_window and not soft_cap:
+        out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
     if out is None:
         return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
-                                    scale, max_query_len, max_seq_len)
+                                    scale, max_query_len, max_seq_len, sliding_window=sliding_window,
+                                    soft_cap=soft_cap)
     return out
 
 

@@ -10,6 +10,11 @@ without one raises RuntimeError.
 Attention: decode rows use `decode_attention_*` (one CTA per sequence x KV head x head chunk,
 GQA-shared K/V reads), split over the KV length (flash-decoding, `decode_reduce_*` combines the
 splits) when there are too few CTAs to fill the GPU; prefill rows use `prefill_attention_*`.
+
+What the CUDA kernels do not implement yet runs the reference ops on the GPU tensors: sliding-window
+attention and attention soft-capping, partial rotary embeddings, `gelu_tanh_and_mul`,
+`refine_top_logits`, and attention and cache writes for head dims or block sizes the kernels are not
+compiled for (Gemma's 256). `rotary_embedding_and_cache` composes the rotary and cache-write kernels.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from lmrs.kernels import cuda_checks as cc
+from lmrs.kernels import reference as _ref
 
 NAME = "cuda"
 
@@ -284,12 +290,13 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
 
 def rope_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int, attention_scaling: float = 1.0) -> torch.Tensor:
     """Same table as the reference (computed once at load time, so PyTorch ops suffice)."""
-    from lmrs.kernels import reference
-
-    return reference.rope_cos_sin_cache(inv_freq.float().cpu(), max_positions, attention_scaling).to(inv_freq.device)
+    return _ref.rope_cos_sin_cache(inv_freq.float().cpu(), max_positions, attention_scaling).to(inv_freq.device)
 
 
-def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True) -> None:
+def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True, *,
+                     rotary_dim: int | None = None) -> None:
+    if rotary_dim is not None and int(rotary_dim) != head_dim:
+        return _ref.rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
     L = get_launcher()
     q3, k3 = cc.check_rotary(positions, q, k, cos_sin_cache, head_dim)
     dev = cc.check_devices(L.device_type, positions=positions, q=q, k=k, cos_sin_cache=cos_sin_cache)
@@ -319,7 +326,20 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU (no CUDA kernel yet: the reference, on the GPU)."""
+    return _ref.gelu_tanh_and_mul(x)
+
+
+def _compiled_for(k_cache) -> bool:
+    """Whether the attention and cache kernels are compiled for this cache's head dim and block
+    size (otherwise the reference runs)."""
+    return k_cache.dim() == 4 and k_cache.shape[3] in cc.HEAD_DIMS and k_cache.shape[1] in cc.BLOCK_SIZES
+
+
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    if not _compiled_for(k_cache):
+        return _ref.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     L = get_launcher()
     info = cc.check_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     dev = cc.check_devices(L.device_type, key=key, value=value, k_cache=k_cache, v_cache=v_cache,
@@ -333,6 +353,23 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     L.launch("cache", f"reshape_and_cache_{cc.dtype_suffix(key.dtype)}", (grid, 1, 1), (256, 1, 1),
              [Ptr(key), _i64(key.stride(0)), Ptr(value), _i64(value.stride(0)), Ptr(k_cache), Ptr(v_cache),
               Ptr(slot_mapping), _i32(t), _i32(row), _i64(info.num_blocks * info.block_size)], dev)
+
+
+def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
+                               is_neox: bool, k_cache, v_cache, slot_mapping, *, rotary_dim: int | None = None) -> None:
+    """The fused op of the interface, composed of `rotary_embedding` and `reshape_and_cache`."""
+    t = qkv.shape[0]
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q = qkv[:, :q_size].contiguous()
+    k = qkv[:, q_size:q_size + kv_size].contiguous()
+    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
+    qkv[:, :q_size] = q
+    reshape_and_cache(k.view(t, num_kv_heads, head_dim),
+                      qkv[:, q_size + kv_size:].contiguous().view(t, num_kv_heads, head_dim),
+                      k_cache, v_cache, slot_mapping)
+
+
+refine_top_logits = _ref.refine_top_logits  # torch ops on the GPU
 
 
 def _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, rows, max_seq_len):
@@ -379,9 +416,13 @@ def _launch_prefill(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, que
               _i32(c.num_blocks)], dev, smem=smem)
 
 
-def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None):
+def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None, *,
+                     sliding_window: int = 0, soft_cap: float = 0.0):
     """q [B, Hq, D] -> [B, Hq, D]. `max_seq_len` (>= every seq_len) sizes the KV split; without
     it the block table's width bounds the length."""
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
+        return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len,
+                                     sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_decode(q, k_cache, v_cache, block_table, seq_lens, scale)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
@@ -393,9 +434,12 @@ def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, m
 
 
 def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float,
-                      max_query_len: int | None = None):
+                      max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
     """q [T, Hq, D] -> [T, Hq, D], rows of any query length. Without `max_query_len` the grid is
     sized for T tokens in one row (correct, but launches idle CTAs)."""
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
+        return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
+                                      sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
@@ -409,9 +453,14 @@ def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_lo
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows: int, scale: float,
-                    max_query_len: int | None = None, max_seq_len: int | None = None):
+                    max_query_len: int | None = None, max_seq_len: int | None = None, *, sliding_window: int = 0,
+                    soft_cap: float = 0.0):
     """A whole plan: the leading `num_decode_rows` rows (one query each, q rows 0..nd-1) through
     the decode kernel, the rest through the prefill kernel, both writing one [T, Hq, D] output."""
+    if sliding_window or soft_cap or not _compiled_for(k_cache):
+        return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
+                                    scale, max_query_len, max_seq_len, sliding_window=sliding_window,
+                                    soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_paged(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows, scale)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
@@ -435,7 +484,10 @@ __all__ = [
     "rope_cos_sin_cache",
     "rotary_embedding",
     "silu_and_mul",
+    "gelu_tanh_and_mul",
     "reshape_and_cache",
+    "rotary_embedding_and_cache",
+    "refine_top_logits",
     "decode_attention",
     "prefill_attention",
     "paged_attention",

@@ -13,6 +13,14 @@ Shapes and layouts (T = tokens in the step, B = rows, Hq/Hk = query/KV heads, D 
   `seq_lens[r] - qlen ... seq_lens[r] - 1`. A query at position p attends to keys 0..p (causal),
   the cached prefix included.
 - Decode rows (qlen == 1) come first in every plan: `num_decode_rows` of them.
+- `sliding_window` W > 0 (attention keywords): a query at position p attends only to keys j with
+  p - W < j <= p (W keys, itself included: transformers' convention); 0 = full causal attention.
+- `soft_cap` c > 0: each scaled score s becomes c * tanh(s / c) before masking and softmax (Gemma 2).
+- Partial rotary (`rotary_dim` < head_dim): only the first `rotary_dim` dimensions of each head
+  rotate; the cos/sin table then has `rotary_dim` columns.
+
+Every op here also runs on CUDA tensors (the CUDA backend falls back to it for what its kernels
+do not cover).
 """
 
 from __future__ import annotations
@@ -65,18 +73,26 @@ def rotary_embedding(
     cos_sin_cache: torch.Tensor,
     head_dim: int,
     is_neox: bool = True,
+    *,
+    rotary_dim: int | None = None,
 ) -> None:
     """Rotate q [T, Hq*D] and k [T, Hk*D] in place by their positions.
 
-    is_neox=True: Hugging Face `rotate_half` (pairs i and i + D/2); False: GPT-J / llama.cpp
-    adjacent pairs (2i, 2i+1).
+    is_neox=True: Hugging Face `rotate_half` (pairs i and i + R/2); False: GPT-J / llama.cpp
+    adjacent pairs (2i, 2i+1). Only the first R = `rotary_dim` (default head_dim) dimensions of
+    each head rotate; `cos_sin_cache` has R columns [cos | sin].
     """
-    half = head_dim // 2
+    rd = head_dim if rotary_dim is None else int(rotary_dim)
+    if rd % 2 or not 0 < rd <= head_dim:
+        raise ValueError(f"rotary_dim must be even and in (0, head_dim={head_dim}], got {rotary_dim!r}")
+    if cos_sin_cache.shape[-1] != rd:
+        raise ValueError(f"cos_sin_cache has {cos_sin_cache.shape[-1]} columns, expected rotary_dim={rd}")
+    half = rd // 2
     cs = cos_sin_cache.index_select(0, positions.long())
     cos = cs[:, :half].unsqueeze(1)
     sin = cs[:, half:].unsqueeze(1)
     for t in (q, k):
-        x = t.view(t.shape[0], -1, head_dim)
+        x = t.view(t.shape[0], -1, head_dim)[..., :rd]
         if is_neox:
             x1, x2 = x[..., :half].float(), x[..., half:].float()
             c = torch.cat([cos, cos], dim=-1)
@@ -97,6 +113,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> gelu(gate, approximate="tanh") * up [T, I] (GeGLU: Gemma)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
 def reshape_and_cache(
     key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -111,16 +133,16 @@ def reshape_and_cache(
 
 
 def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
-                               is_neox: bool, k_cache, v_cache, slot_mapping) -> None:
+                               is_neox: bool, k_cache, v_cache, slot_mapping, *, rotary_dim: int | None = None) -> None:
     """qkv [T, (Hq + 2 Hk) * D] = [q | k | v] (the fused projection's output): `rotary_embedding`
     of q (in place) and k, then `reshape_and_cache` of k and v. The k columns afterwards are
-    unspecified (backends may leave them unrotated). Optional: the model composes the two calls
-    itself for a backend without it."""
+    unspecified (backends may leave them unrotated). A fused op: every backend provides it (the
+    CUDA one composes its two kernels)."""
     t = qkv.shape[0]
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
     q = qkv[:, :q_size].contiguous()
     k = qkv[:, q_size : q_size + kv_size].contiguous()
-    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox)
+    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
     qkv[:, :q_size] = q
     reshape_and_cache(k.view(t, num_kv_heads, head_dim), qkv[:, q_size + kv_size :].reshape(t, num_kv_heads, head_dim),
                       k_cache, v_cache, slot_mapping)
@@ -128,7 +150,7 @@ def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int
 
 def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, head_f32: torch.Tensor, k: int) -> torch.Tensor:
     """In place: the `k` largest logits of each row of `logits` [R, V] (float32) recomputed as
-    hidden [R, H] @ head_f32[id] in float32; returns logits. Optional, like the above."""
+    hidden [R, H] @ head_f32[id] in float32; returns logits. A fused op, like the above."""
     top = logits.topk(min(int(k), logits.shape[1]), dim=-1).indices  # [R, K]
     exact = torch.einsum("rh,rkh->rk", hidden.float(), head_f32[top])
     return logits.scatter_(1, top, exact)
@@ -142,6 +164,11 @@ def _gather_context(cache: torch.Tensor, block_row: torch.Tensor, length: int) -
     return blocks.reshape(nblk * bs, cache.shape[2], cache.shape[3])[:length]
 
 
+def _soft_cap(scores: torch.Tensor, soft_cap: float) -> torch.Tensor:
+    """c * tanh(s / c), in place (Gemma 2's attention logit soft-capping)."""
+    return scores.div_(soft_cap).tanh_().mul_(soft_cap)
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -150,10 +177,14 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     max_seq_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """One query per row: q [B, Hq, D] against each row's seq_lens[r] cached keys -> [B, Hq, D].
 
-    GQA: query head h reads KV head h // (Hq // Hk). Softmax in float32.
+    GQA: query head h reads KV head h // (Hq // Hk). Softmax in float32. With `sliding_window` W
+    a row reads only its last W keys; `soft_cap` caps the scaled scores.
     """
     b, hq, d = q.shape
     if b == 0:
@@ -168,7 +199,12 @@ def decode_attention(
     v = v_cache[bt].reshape(b, nblk * bs, hk, d)
     qg = q.view(b, hk, group, d).float()
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k.float()) * scale  # [B, Hk, G, L]
-    pad = torch.arange(nblk * bs).unsqueeze(0) >= lens.unsqueeze(1)  # [B, L]
+    if soft_cap:
+        _soft_cap(scores, float(soft_cap))
+    pos = torch.arange(nblk * bs, device=q.device).unsqueeze(0)
+    pad = pos >= lens.unsqueeze(1)  # [B, L]
+    if sliding_window:
+        pad |= pos < (lens - int(sliding_window)).unsqueeze(1)
     scores.masked_fill_(pad[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bhgl,blhd->bhgd", probs, v.float())
@@ -184,15 +220,19 @@ def prefill_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     max_query_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """Variable-length causal attention: q [T, Hq, D] of rows with any query length, each row's
     context (cached prefix + this chunk, already written to the cache) read through the block
-    table -> [T, Hq, D]."""
+    table -> [T, Hq, D]. `sliding_window` and `soft_cap` as in `decode_attention`."""
     t, hq, d = q.shape
     out = torch.empty_like(q)
     hk = k_cache.shape[2]
     qsl = query_start_loc.tolist()
     lens = seq_lens.tolist()
+    window = int(sliding_window or 0)
     for r in range(len(lens)):
         a, bnd = qsl[r], qsl[r + 1]
         qlen, kvlen = bnd - a, lens[r]
@@ -207,12 +247,20 @@ def prefill_attention(
             kr = kr.repeat_interleave(hq // hk, dim=0)
             vr = vr.repeat_interleave(hq // hk, dim=0)
         ctx = kvlen - qlen
-        if ctx == 0:
+        if ctx == 0 and not window and not soft_cap:
             o = F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, scale=scale)
         else:
-            qpos = torch.arange(ctx, kvlen).unsqueeze(1)
-            allowed = torch.arange(kvlen).unsqueeze(0) <= qpos  # [qlen, L]
-            o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
+            qpos = torch.arange(ctx, kvlen, device=q.device).unsqueeze(1)
+            kpos = torch.arange(kvlen, device=q.device).unsqueeze(0)
+            allowed = kpos <= qpos  # [qlen, L]
+            if window:
+                allowed &= kpos > qpos - window
+            if soft_cap:
+                scores = _soft_cap(torch.matmul(qr, kr.transpose(1, 2)) * scale, float(soft_cap))
+                scores.masked_fill_(~allowed, float("-inf"))
+                o = torch.matmul(torch.softmax(scores, dim=-1), vr)
+            else:
+                o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
         out[a:bnd] = o.transpose(0, 1).to(out.dtype)
     return out
 
@@ -228,19 +276,24 @@ def paged_attention(
     scale: float,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """Attention for a whole plan: the leading `num_decode_rows` rows (one query each) through
     `decode_attention`, the rest through `prefill_attention`. q [T, Hq, D] -> [T, Hq, D]."""
     nd = int(num_decode_rows)
     rows = seq_lens.shape[0]
+    extra = dict(sliding_window=sliding_window, soft_cap=soft_cap)
     if nd == rows:
-        return decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len)
+        return decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len, **extra)
     if nd == 0:
-        return prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len)
+        return prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
+                                 **extra)
     out = torch.empty_like(q)
-    out[:nd] = decode_attention(q[:nd], k_cache, v_cache, block_table[:nd], seq_lens[:nd], scale)
+    out[:nd] = decode_attention(q[:nd], k_cache, v_cache, block_table[:nd], seq_lens[:nd], scale, **extra)
     qsl = query_start_loc[nd:] - query_start_loc[nd]
     out[nd:] = prefill_attention(
-        q[nd:], k_cache, v_cache, block_table[nd:], seq_lens[nd:], qsl, scale, max_query_len
+        q[nd:], k_cache, v_cache, block_table[nd:], seq_lens[nd:], qsl, scale, max_query_len, **extra
     )
     return out

@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``lmrs convert GGUF OUTDIR [--dtype float32|bfloat16|float16] [--no-progress]``."""
     parser = argparse.ArgumentParser(
         prog="lmrs convert",
-        description="Convert a llama.cpp GGUF model (llama or qwen2 architecture) into a Hugging Face "
-                    "safetensors folder.")
+        description="Convert a llama.cpp GGUF model (any architecture lmrs loads: llama, qwen2, qwen3, qwen3moe, "
+                    "gemma2, gemma3, phi3, smollm3, internlm2) into a Hugging Face safetensors folder.")
     parser.add_argument("gguf", help="path of the .gguf file")
     parser.add_argument("outdir", help="output folder (created if needed; existing files are overwritten)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",

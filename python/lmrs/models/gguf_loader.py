@@ -1,10 +1,11 @@
 """Load a llama.cpp GGUF file: metadata -> :class:`ModelConfig`, tensors -> dequantized torch tensors.
 
-Tensors are dequantized with ``gguf.quants.dequantize`` and renamed to Hugging Face names
-(``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``...).  For the ``llama``
-architecture, llama.cpp's converter permuted the rows of ``attn_q``/``attn_k`` (interleaved-pair RoPE);
-:func:`unpermute_qk` undoes that so the weights work with Hugging Face ``rotate_half`` RoPE.  ``qwen2`` GGUFs
-are not permuted.
+The file's ``general.architecture`` picks the model family (:mod:`lmrs.models.registry`), which
+reads its metadata and maps its tensors onto Hugging Face names (``blk.3.attn_q.weight`` ->
+``model.layers.3.self_attn.q_proj.weight``), undoing what llama.cpp's converter did (the q/k row
+permutation of LLaMA-style RoPE, Gemma's ``1 + w`` norms, stacked experts, InternLM2's split
+``wqkv``). Tensors are dequantized with ``gguf.quants.dequantize``; ``tensor_types`` records each
+weight's GGUF type.
 
 GGUF stores dimensions innermost-first, so a tensor listed as ``[in, out]`` dequantizes to an
 ``(out, in)`` array, the same layout as a ``torch.nn.Linear`` weight.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .config import ModelConfig
 from .errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, UnsupportedQuantizationError
+from .family import permute_qk, unpermute_qk
 
 __all__ = [
     "GGUFContents",
@@ -45,25 +46,12 @@ log = logging.getLogger(__name__)
 #: GGML tensor types the loader dequantizes (all through gguf.quants.dequantize)
 SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                           "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
 
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+
+def supported_gguf_architectures() -> tuple[str, ...]:
+    from .registry import supported_gguf_architectures as archs
+
+    return archs()
 
 
 @dataclass
@@ -74,7 +62,8 @@ class GGUFContents:
     weights: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     path: str
-    #: HF tensor name -> GGML type name in the file ("Q4_1", "F32"...)
+    #: HF tensor name -> GGML type name in the file ("Q4_1", "F32"...; "Q4_K+Q6_K" for a weight
+    #: assembled from tensors of several types)
     tensor_types: dict[str, str] = field(default_factory=dict)
 
 
@@ -134,128 +123,23 @@ def read_gguf_metadata(reader) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def _llama3_rope_from_factors(factors: np.ndarray, head_dim: int, theta: float, path: str) -> dict:
-    """Recover Llama 3.x RoPE scaling parameters from llama.cpp's precomputed ``rope_freqs`` tensor."""
-    factor = float(factors.max())
-    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    for orig in (8192, 4096, 16384, 32768, 131072):
-        low, high = 1.0, 4.0
-        wavelen = 2 * math.pi / freqs
-        smooth = (orig / wavelen - low) / (high - low)
-        expected = np.where(wavelen < orig / high, 1.0,
-                            np.where(wavelen > orig / low, factor, 1 / ((1 - smooth) / factor + smooth)))
-        if np.allclose(expected, factors, rtol=1e-3):
-            return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                    "original_max_position_embeddings": orig}
-    raise UnsupportedModelError(
-        f"{path}: the rope_freqs tensor does not match Llama 3 RoPE scaling; this RoPE variant is not supported",
-        path)
-
-
 def config_from_gguf(md: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]], *, path: str = "",
-                     rope_freqs: np.ndarray | None = None) -> ModelConfig:
-    """Build a :class:`ModelConfig` from GGUF metadata and the (GGUF-named, (out, in)) tensor shapes."""
-    arch = md.get("general.architecture")
-    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"{path}: unsupported GGUF architecture {arch!r}; lmrs supports: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}",
-            path)
+                     aux: dict[str, np.ndarray] | None = None) -> ModelConfig:
+    """Build a :class:`ModelConfig` from GGUF metadata and the (GGUF-named, (out, in)) tensor shapes;
+    `aux` holds auxiliary tensors (``rope_freqs.weight``, LongRoPE factors) already read."""
+    from .registry import family_for_gguf
 
-    def key(name, default=None, required=False):
-        value = md.get(f"{arch}.{name}", default)
-        if required and value is None:
-            raise CorruptModelError(f"{path}: GGUF metadata key {arch}.{name} is missing", path)
-        return value
-
-    hidden = int(key("embedding_length", required=True))
-    heads = int(key("attention.head_count", required=True))
-    kv_heads = key("attention.head_count_kv", heads)
-    head_dim = int(key("attention.key_length", hidden // heads))
-    if int(key("attention.value_length", head_dim)) != head_dim:
-        raise UnsupportedModelError(f"{path}: attention key_length != value_length is not supported", path)
-    if int(key("rope.dimension_count", head_dim)) != head_dim:
-        raise UnsupportedModelError(f"{path}: partial rotary embeddings (rope.dimension_count "
-                                    f"{key('rope.dimension_count')} != head_dim {head_dim}) are not supported", path)
-    theta = float(key("rope.freq_base", 10000.0))
-
-    rope_scaling = None
-    scaling_type = key("rope.scaling.type", "none")
-    factor = key("rope.scaling.factor", key("rope.scale_linear"))  # rope.scale_linear: older files
-    if scaling_type not in ("none", "linear"):
-        raise UnsupportedModelError(f"{path}: RoPE scaling type {scaling_type!r} is not supported "
-                                    "(lmrs supports none, linear and llama3)", path)
-    if factor is not None and float(factor) != 1.0 and (scaling_type == "linear" or key("rope.scale_linear")):
-        rope_scaling = {"rope_type": "linear", "factor": float(factor)}
-    if rope_freqs is not None:
-        rope_scaling = _llama3_rope_from_factors(np.asarray(rope_freqs, dtype=np.float64), head_dim, theta, path)
-
-    tokens = md.get("tokenizer.ggml.tokens")
-    embd_rows = tensor_shapes.get("token_embd.weight", (None,))[0]
-    vocab = len(tokens) if tokens else (key("vocab_size") or embd_rows)
-    if embd_rows is not None and vocab != embd_rows:
-        log.warning("%s: %d tokens in the vocabulary but token_embd has %d rows; using %d", path, vocab,
-                    embd_rows, embd_rows)
-        vocab = embd_rows
-    ffn = key("feed_forward_length")
-    if ffn is None and "blk.0.ffn_up.weight" in tensor_shapes:
-        ffn = tensor_shapes["blk.0.ffn_up.weight"][0]
-    eos = md.get("tokenizer.ggml.eos_token_id")
-    extra_eos = [md[k] for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id") if md.get(k) is not None]
-    eos_ids = list(dict.fromkeys(int(x) for x in ([eos] if eos is not None else []) + extra_eos))
-    bos = md.get("tokenizer.ggml.bos_token_id")
-    pad = md.get("tokenizer.ggml.padding_token_id")
-    sliding = key("attention.sliding_window")
-    try:
-        return ModelConfig(
-            architecture=arch,
-            vocab_size=int(vocab),
-            hidden_size=hidden,
-            intermediate_size=int(ffn) if ffn is not None else 0,
-            num_hidden_layers=int(key("block_count", required=True)),
-            num_attention_heads=heads,
-            num_key_value_heads=int(kv_heads),
-            head_dim=head_dim,
-            rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6)),
-            rope_theta=theta,
-            rope_scaling=rope_scaling,
-            max_position_embeddings=int(key("context_length", 2048)),
-            tie_word_embeddings="output.weight" not in tensor_shapes,
-            attention_bias="blk.0.attn_q.bias" in tensor_shapes,
-            bos_token_id=int(bos) if bos is not None else None,
-            eos_token_ids=eos_ids,
-            pad_token_id=int(pad) if pad is not None else None,
-            torch_dtype=None,
-            name=md.get("general.name") or os.path.basename(path),
-            sliding_window=int(sliding) if sliding else None,
-        )
-    except ValueError as e:
-        raise CorruptModelError(f"{path}: inconsistent GGUF metadata: {e}", path) from e
+    family = family_for_gguf(md.get("general.architecture"), path)
+    return family.config_from_gguf(md, tensor_shapes, path=path, aux=aux)
 
 
 # ---------------------------------------------------------------------------------------------- tensors
-def gguf_to_hf_name(name: str) -> str | None:
-    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``; None for unknown names."""
-    if name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[name]
-    m = _BLOCK_RE.match(name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
-    return None
+def gguf_to_hf_name(name: str, architecture: str = "llama") -> str | None:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (for `architecture`'s
+    family); None for unknown names."""
+    from .registry import family_for_gguf
 
-
-def permute_qk(w, n_head: int):
-    """llama.cpp's converter permutation (HF layout -> GGUF layout) of q/k rows (or a 1-D bias)."""
-    shape = w.shape
-    return w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-
-
-def unpermute_qk(w, n_head: int):
-    """Undo :func:`permute_qk` (GGUF layout -> HF layout); works on numpy arrays and torch tensors.
-
-    ``w_hf = w.reshape(n_head, head_dim // 2, 2, in).swapaxes(1, 2).reshape(out, in)``
-    """
-    shape = w.shape
-    return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+    return family_for_gguf(architecture).gguf_to_hf_name(name)
 
 
 def dequantize_tensor(t, path: str = "") -> np.ndarray:
@@ -279,53 +163,54 @@ def dequantize_tensor(t, path: str = "") -> np.ndarray:
 
 
 def load_gguf(path: str | os.PathLike, *, progress: bool = True, dtype: torch.dtype = torch.float32) -> GGUFContents:
-    """Read a GGUF model: config, HF-named weights (dequantized, q/k un-permuted for llama) and metadata.
+    """Read a GGUF model: config, HF-named weights (dequantized, mapped by the family) and metadata.
 
     Raises ModelNotFoundError (no file), CorruptModelError (not GGUF, truncated, wrong shapes, missing tensors),
     UnsupportedModelError (architecture, unknown tensors) or UnsupportedQuantizationError.
     """
+    from .registry import family_for_gguf
+
     path = os.fspath(path)
     reader = open_gguf(path)
     md = read_gguf_metadata(reader)
+    family = family_for_gguf(md.get("general.architecture"), path)
     shapes = {t.name: tuple(int(x) for x in reversed([int(s) for s in t.shape])) for t in reader.tensors}
-    rope_freqs = None
-    rope_tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
-    if rope_tensor is not None:
-        rope_freqs = dequantize_tensor(rope_tensor, path)
-    config = config_from_gguf(md, shapes, path=path, rope_freqs=rope_freqs)
+    aux_names = set(family.gguf_aux_tensors)
+    aux = {t.name: dequantize_tensor(t, path) for t in reader.tensors if t.name in aux_names}
+    config = family.config_from_gguf(md, shapes, path=path, aux=aux)
 
-    unknown = [t.name for t in reader.tensors if t.name != "rope_freqs.weight" and gguf_to_hf_name(t.name) is None]
+    tensors = [t for t in reader.tensors if t.name not in aux_names]
+    unknown = [t.name for t in tensors if family.gguf_to_hf_name(t.name) is None]
     if unknown:
         raise UnsupportedModelError(
             f"{path}: unexpected tensors {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
             f"({len(unknown)} in all); this model variant is not supported", path)
     expected = config.weight_shapes()
-    have = {gguf_to_hf_name(t.name) for t in reader.tensors}
-    missing = [n for n in expected if n not in have]
-    if missing:
-        raise CorruptModelError(
-            f"{path}: {len(missing)} tensors are missing, e.g. {missing[:5]}; the file is incomplete", path)
 
-    permute = config.architecture == "llama"
     weights: dict[str, torch.Tensor] = {}
     types: dict[str, str] = {}
-    tensors = [t for t in reader.tensors if t.name != "rope_freqs.weight"]
+    pending: dict = {}
     bar = tqdm(tensors, desc=f"Loading {os.path.basename(path)}", unit="tensor", file=sys.stderr,
                disable=not progress, leave=False)
     for t in bar:
-        hf = gguf_to_hf_name(t.name)
-        arr = dequantize_tensor(t, path)
-        if tuple(arr.shape) != expected[hf]:
-            raise CorruptModelError(
-                f"{path}: tensor {t.name!r} has shape {tuple(arr.shape)}, expected {expected[hf]} from the "
-                "metadata", path)
-        if permute and ".self_attn.q_proj." in hf:
-            arr = unpermute_qk(arr, config.num_attention_heads)
-        elif permute and ".self_attn.k_proj." in hf:
-            arr = unpermute_qk(arr, config.num_key_value_heads)
-        tensor = torch.from_numpy(np.ascontiguousarray(arr))
-        weights[hf] = tensor if dtype == torch.float32 else tensor.to(dtype)
-        types[hf] = t.tensor_type.name
+        qtype = t.tensor_type.name
+        pending["qtype"] = qtype  # for families that assemble one weight from several tensors
+        for hf, arr in family.gguf_tensors(config, t.name, dequantize_tensor(t, path), pending):
+            if hf not in expected:
+                raise UnsupportedModelError(f"{path}: tensor {t.name!r} ({hf}) is not part of this {config.architecture} "
+                                            "model's layout", path)
+            if tuple(arr.shape) != expected[hf]:
+                raise CorruptModelError(
+                    f"{path}: tensor {t.name!r} has shape {tuple(arr.shape)}, expected {expected[hf]} from the "
+                    "metadata", path)
+            tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            weights[hf] = tensor if dtype == torch.float32 else tensor.to(dtype)
+            parts = pending.pop(("types", hf), None)
+            types[hf] = "+".join(dict.fromkeys(parts)) if parts else qtype
     bar.close()
+    missing = [n for n in expected if n not in weights]
+    if missing:
+        raise CorruptModelError(
+            f"{path}: {len(missing)} tensors are missing, e.g. {missing[:5]}; the file is incomplete", path)
     del reader
     return GGUFContents(config=config, weights=weights, metadata=md, path=path, tensor_types=types)

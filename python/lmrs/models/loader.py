@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,8 @@ class LoadedModel:
     """Everything needed to build a runnable model.
 
     ``weights`` use Hugging Face names; GGUF weights are float32 (dequantized), safetensors weights keep
-    the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors".
+    the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors";
+    ``tensor_types`` maps a GGUF model's weights to their GGUF types ("Q4_K", "F32"...; empty otherwise).
     """
 
     config: ModelConfig
@@ -38,6 +39,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: str
     format: str = ""
+    tensor_types: dict[str, str] = field(default_factory=dict)
 
 
 def default_model_path() -> str:
@@ -62,16 +64,21 @@ def _merge_eos(config: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
 
 
 def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> LoadedModel:
-    """Load config, weights and tokenizer from a ``.gguf`` file or a Hugging Face folder.
+    """Load config, weights and tokenizer from a ``.gguf`` file, a Hugging Face folder, or a model id
+    cached by Hugging Face (``Qwen/Qwen3-0.6B``, ``unsloth/Qwen3-0.6B-GGUF:Q4_K_M``: see
+    :mod:`lmrs.models.hub`; never downloaded).
 
     A folder without ``config.json`` that holds exactly one ``.gguf`` file loads that file.  Errors are
     :class:`lmrs.models.errors.ModelLoadError` subclasses with a message naming the file and the fix.
     """
-    p = Path(path).expanduser()
+    from .hub import resolve_model
+
+    resolved = resolve_model(os.fspath(path))
+    p = Path(resolved if resolved is not None else path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(
-            f"model path not found: {p}; pass a .gguf file or a Hugging Face folder (config.json + "
-            "*.safetensors + tokenizer.json)", p)
+            f"model path not found: {p}; pass a .gguf file, a Hugging Face folder (config.json + "
+            "*.safetensors + tokenizer.json) or the id of a model in the Hugging Face cache (owner/name)", p)
     if p.is_dir() and not (p / "config.json").is_file():
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -86,7 +93,8 @@ def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> Loade
 
         contents = load_gguf(p, progress=progress)
         tokenizer = Tokenizer.from_gguf(contents.metadata)
-        return LoadedModel(_merge_eos(contents.config, tokenizer), contents.weights, tokenizer, str(p), "gguf")
+        return LoadedModel(_merge_eos(contents.config, tokenizer), contents.weights, tokenizer, str(p), "gguf",
+                           contents.tensor_types)
 
     from .safetensors_loader import find_safetensors_files, load_hf_config, load_safetensors_weights
 

@@ -107,6 +107,7 @@ def load_safetensors_weights(folder: str | os.PathLike, config: ModelConfig, *,
     folder = Path(folder)
     files, _ = find_safetensors_files(folder)
     expected = config.weight_shapes()
+    rename = config.family.checkpoint_name
     weights: dict[str, torch.Tensor] = {}
     extra: list[str] = []
     handles = []
@@ -121,19 +122,22 @@ def load_safetensors_weights(folder: str | os.PathLike, config: ModelConfig, *,
                disable=not progress, leave=False)
     try:
         for f, h in handles:
-            for name in h.keys():
+            for stored in h.keys():
                 bar.update(1)
+                name = rename(stored)
+                if name is None:
+                    continue
                 if name not in expected:
                     if not (name.endswith(_IGNORED_SUFFIXES) or name == "lm_head.weight"):
                         extra.append(name)
                     continue
                 try:
-                    tensor = h.get_tensor(name)
+                    tensor = h.get_tensor(stored)
                 except (SafetensorError, OSError, RuntimeError) as e:
-                    raise CorruptModelError(f"{f}: cannot read tensor {name!r}: {e}", f) from e
+                    raise CorruptModelError(f"{f}: cannot read tensor {stored!r}: {e}", f) from e
                 if tuple(tensor.shape) != expected[name]:
                     raise CorruptModelError(
-                        f"{f}: tensor {name!r} has shape {tuple(tensor.shape)} but config.json implies "
+                        f"{f}: tensor {stored!r} has shape {tuple(tensor.shape)} but config.json implies "
                         f"{expected[name]}", f)
                 weights[name] = tensor
     finally:

@@ -6,8 +6,10 @@ history: new, dropped by the idle or count limits, or restarted) and the continu
 tokens that rendering the whole conversation would add after the previous reply (so an
 interactive session and a stateless client that resends its history see the same tokens).
 `continuation()` renders a placeholder exchange followed by the new messages and keeps only what
-follows the placeholder reply; its leading EOS (closing the previous reply) is marked so the core
-drops it when the history already ends with EOS (the model generated it).
+follows the placeholder reply; its leading end-of-turn token (closing the previous reply) is marked
+so the core drops it when the history already ends with EOS (the model generated it). That token
+may be any of the model's EOS tokens (Gemma closes turns with <end_of_turn>, Llama 3 with
+<|eot_id|>, Phi with <|end|>, while their tokenizers' eos_token is another one).
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ class PromptBuilder:
             return self.conversation(messages), 0
         suffix = text[cut + len(_REPLY):]
         ids = self.tok.encode(suffix, add_special_tokens=False)
-        eos = self.tok.eos_token or ""
-        if eos and suffix.startswith(eos):
+        eos = next((e for e in self._eos_strings() if suffix.startswith(e)), "")
+        if eos:
             rest = self.tok.encode(suffix[len(eos):], add_special_tokens=False)
             k = len(ids) - len(rest)
             if k > 0 and ids[k:] == rest:
                 return ids, k
         return ids, 0
+
+    def _eos_strings(self) -> list[str]:
+        """The text of every EOS token of the model, longest first."""
+        names = [self.tok.eos_token, *self.tok.convert_ids_to_tokens(list(self.tok.eos_token_ids))]
+        return sorted({n for n in names if n}, key=len, reverse=True)
 
 
 def _normalize(messages: list[dict]) -> list[dict]:

@@ -1,0 +1,94 @@
+"""`DecoderModel`: a decoder-only transformer over a paged KV cache, assembled by a family file.
+
+One forward pass runs every row of a step at once (prefill chunks and decodes in one varlen batch):
+
+    embedding -> N x block(hidden, residual) -> final norm -> (for sampled rows) output head
+
+The family decides the blocks (`lmrs.models.layers.blocks`), the embedding scale, the head's
+tying and soft-cap; this class only runs them and exposes what the engine needs: `forward`,
+`compute_logits`, `linears()` and `lm_head` (for weight-only quantization), `num_kv_heads` and
+`config.head_dim` (for the KV cache).
+
+Precision: float32 everywhere reproduces Hugging Face float32. With bfloat16 / float16 the weights
+and matrix products use that dtype, but the residual stream, norms, RoPE, softmax and attention
+products stay in float32, and the output head's top candidates are recomputed in float32. Small
+batches on the CPU run on quantized twins that take float32 activations (`lmrs.models.quant`):
+there every activation is float32 and only the KV cache is 16-bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention_metadata import AttentionMetadata
+from .linear import Linear
+from .layers.embedding import LMHead, TokenEmbedding
+from .layers.norm import RMSNorm
+from .layers.step import StepContext
+
+__all__ = ["DecoderModel"]
+
+
+class DecoderModel:
+    """Inference-only decoder with a paged KV cache (built by `lmrs.models.build_model`)."""
+
+    def __init__(self, config, *, embedding: TokenEmbedding, layers: list, norm: RMSNorm, head: LMHead,
+                 dtype: torch.dtype, device: torch.device | str, kernels, num_heads: int, num_kv_heads: int,
+                 rotaries: list | None = None):
+        self.config = config
+        self.embedding = embedding
+        self.layers = layers
+        self.norm = norm
+        self.head = head
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.kernels = kernels
+        self.num_heads = num_heads  # this rank's query heads
+        self.num_kv_heads = num_kv_heads  # this rank's KV heads (the KV cache's width)
+        self.head_dim = config.head_dim
+        self.rotaries = list(rotaries or [])  # the RoPE tables the layers share
+
+    def set_max_model_len(self, max_model_len: int) -> None:
+        """Tell the model the longest sequence it will see (LongRoPE picks its factors by it)."""
+        for rotary in self.rotaries:
+            rotary.select_for_context(int(max_model_len))
+
+    @property
+    def lm_head(self) -> Linear:
+        """The output projection (a `Linear`, for weight-only quantization)."""
+        return self.head.linear
+
+    def linears(self) -> list[Linear]:
+        """Every projection of every layer (for weight-only quantization); not the output head."""
+        return [lin for layer in self.layers for lin in layer.linears()]
+
+    def drop_sources(self) -> None:
+        """Free the checkpoint copies kept for quantization."""
+        for lin in [*self.linears(), self.lm_head]:
+            lin.source = None
+        self.embedding.source = None
+
+    def compute_dtype(self, rows: int) -> torch.dtype:
+        """float32 when every product of a `rows`-row step runs on a quantized twin taking float32
+        activations (small CPU batches), else the model dtype (dense 16-bit products)."""
+        if self.dtype == torch.float32 or not self.layers:
+            return self.dtype
+        if all(lin.accepts_float32(rows) for lin in self.layers[0].linears()):
+            return torch.float32
+        return self.dtype
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """float32 hidden states [T, hidden] after the final norm, for every input token."""
+        step = StepContext(positions, attn, self.compute_dtype(input_ids.shape[0]))
+        x = self.embedding(input_ids)
+        residual = None
+        for layer, kv in zip(self.layers, kv_caches):
+            x, residual = layer(x, residual, step, kv)
+        if residual is None:
+            return self.norm(x, torch.float32)
+        return self.norm.add_and_norm(x, residual, torch.float32)[0]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [rows, vocab] for final hidden states (float32 [rows, hidden])."""
+        return self.head(hidden)

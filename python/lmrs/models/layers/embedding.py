@@ -1,0 +1,81 @@
+"""The token embedding (input) and the output head (logits), each in one place.
+
+`TokenEmbedding` looks tokens up into the float32 residual stream, times an optional scale (Gemma:
+sqrt(hidden_size), as a float32 scalar like transformers). `LMHead` turns final hidden states into
+float32 logits: one product in float32; in 16-bit dtypes the product runs in that dtype and the
+`REFINE_TOP` largest logits of each row are recomputed in float32 from float32 weights (so the
+tokens that matter carry float32 precision); then optional final soft-capping (Gemma 2:
+c * tanh(logit / c)). A tied head shares the embedding table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..linear import Linear
+
+__all__ = ["TokenEmbedding", "LMHead"]
+
+
+class TokenEmbedding:
+    """Token ids -> float32 hidden states (the residual stream), optionally scaled."""
+
+    def __init__(self, weight: torch.Tensor, *, dtype: torch.dtype, device: torch.device | str,
+                 scale: float | None = None):
+        device = torch.device(device)
+        self.source = weight  # checkpoint tensor (for a tied head's quantization source)
+        self.table = weight.to(device=device, dtype=dtype).contiguous()  # model dtype (a tied head reads it)
+        # float32 copy for the residual stream when the model runs in 16 bits
+        self.table_f32 = (weight.to(device=device, dtype=torch.float32).contiguous()
+                          if dtype != torch.float32 else None)
+        self.scale = None if scale is None else torch.tensor(float(scale), dtype=torch.float32, device=device)
+
+    @property
+    def float32_table(self) -> torch.Tensor:
+        return self.table_f32 if self.table_f32 is not None else self.table
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(input_ids, self.float32_table)
+        return x * self.scale if self.scale is not None else x
+
+
+class LMHead:
+    """Final hidden states -> float32 logits (with float32 refinement and soft-capping)."""
+
+    REFINE_TOP = 32
+
+    def __init__(self, linear: Linear, kernels, *, dtype: torch.dtype, head_f32: torch.Tensor | None = None,
+                 soft_cap: float | None = None):
+        self.linear = linear
+        self.kernels = kernels
+        self.dtype = dtype
+        self.head_f32 = head_f32 if dtype != torch.float32 else None  # float32 weights for refinement
+        self.soft_cap = float(soft_cap) if soft_cap else 0.0
+
+    @classmethod
+    def build(cls, embedding: TokenEmbedding, weight: torch.Tensor | None, kernels, *, dtype: torch.dtype,
+              soft_cap: float | None = None) -> "LMHead":
+        """A head with its own `weight` [vocab, hidden], or tied to `embedding` when weight is None."""
+        if weight is None:
+            lin = Linear(embedding.table)
+            lin.source = embedding.source
+            head_f32 = embedding.float32_table if dtype != torch.float32 else None
+        else:
+            lin = Linear(weight.to(device=embedding.table.device, dtype=dtype))
+            lin.source = weight
+            head_f32 = (weight.to(device=embedding.table.device, dtype=torch.float32).contiguous()
+                        if dtype != torch.float32 else None)
+        return cls(lin, kernels, dtype=dtype, head_f32=head_f32, soft_cap=soft_cap)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [rows, vocab] for final hidden states (float32 [rows, hidden])."""
+        rows = hidden.shape[0]
+        x = hidden.float() if self.linear.accepts_float32(rows) else hidden.to(self.dtype)
+        logits = self.linear(x).float()
+        if self.head_f32 is not None:
+            logits = self.kernels.refine_top_logits(logits, hidden.float().contiguous(), self.head_f32,
+                                                    self.REFINE_TOP)
+        if self.soft_cap:
+            logits = logits.div_(self.soft_cap).tanh_().mul_(self.soft_cap)
+        return logits
