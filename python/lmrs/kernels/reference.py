@@ -11,7 +11,10 @@ Shapes and layouts (T = tokens in the step, B = rows, Hq/Hk = query/KV heads, D 
   the KV length of each row after this step; `query_start_loc`: int32 [B + 1].
 - Row r's queries are the last `qlen = qsl[r+1] - qsl[r]` positions of its sequence:
   `seq_lens[r] - qlen ... seq_lens[r] - 1`. A query at position p attends to keys 0..p (causal),
-  the cached prefix included.
+  the cached prefix included; with `sliding_window` W > 0 only to keys p - W < j <= p (the W
+  latest keys, itself included).
+- `soft_cap` > 0 (Gemma 2): each scaled score s = scale * q.k becomes soft_cap * tanh(s / soft_cap)
+  before masking and softmax; 0 means no capping.
 - Decode rows (qlen == 1) come first in every plan: `num_decode_rows` of them.
 """
 
@@ -65,18 +68,25 @@ def rotary_embedding(
     cos_sin_cache: torch.Tensor,
     head_dim: int,
     is_neox: bool = True,
+    *,
+    rotary_dim: int | None = None,
 ) -> None:
     """Rotate q [T, Hq*D] and k [T, Hk*D] in place by their positions.
 
-    is_neox=True: Hugging Face `rotate_half` (pairs i and i + D/2); False: GPT-J / llama.cpp
-    adjacent pairs (2i, 2i+1).
+    Only the first `rotary_dim` (even, <= D; None = D) dimensions of each head rotate (partial
+    rotary, e.g. Phi-3); the others pass through, and `cos_sin_cache` has `rotary_dim` columns.
+    is_neox=True: Hugging Face `rotate_half` (pairs i and i + rotary_dim/2); False: GPT-J /
+    llama.cpp adjacent pairs (2i, 2i+1).
     """
-    half = head_dim // 2
+    rot = head_dim if rotary_dim is None else int(rotary_dim)
+    if rot <= 0 or rot % 2 or rot > head_dim:
+        raise ValueError(f"rotary_dim: expected a positive even int <= head_dim {head_dim}, got {rotary_dim!r}")
+    half = rot // 2
     cs = cos_sin_cache.index_select(0, positions.long())
     cos = cs[:, :half].unsqueeze(1)
     sin = cs[:, half:].unsqueeze(1)
     for t in (q, k):
-        x = t.view(t.shape[0], -1, head_dim)
+        x = t.view(t.shape[0], -1, head_dim)[..., :rot]
         if is_neox:
             x1, x2 = x[..., :half].float(), x[..., half:].float()
             c = torch.cat([cos, cos], dim=-1)
@@ -97,6 +107,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> gelu(gate, approximate="tanh") * up [T, I] (GeGLU: Gemma)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
 def reshape_and_cache(
     key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -111,7 +127,7 @@ def reshape_and_cache(
 
 
 def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
-                               is_neox: bool, k_cache, v_cache, slot_mapping) -> None:
+                               is_neox: bool, k_cache, v_cache, slot_mapping, *, rotary_dim: int | None = None) -> None:
     """qkv [T, (Hq + 2 Hk) * D] = [q | k | v] (the fused projection's output): `rotary_embedding`
     of q (in place) and k, then `reshape_and_cache` of k and v. The k columns afterwards are
     unspecified (backends may leave them unrotated). Optional: the model composes the two calls
@@ -120,7 +136,7 @@ def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
     q = qkv[:, :q_size].contiguous()
     k = qkv[:, q_size : q_size + kv_size].contiguous()
-    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox)
+    rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
     qkv[:, :q_size] = q
     reshape_and_cache(k.view(t, num_kv_heads, head_dim), qkv[:, q_size + kv_size :].reshape(t, num_kv_heads, head_dim),
                       k_cache, v_cache, slot_mapping)
@@ -150,10 +166,14 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     max_seq_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """One query per row: q [B, Hq, D] against each row's seq_lens[r] cached keys -> [B, Hq, D].
 
-    GQA: query head h reads KV head h // (Hq // Hk). Softmax in float32.
+    GQA: query head h reads KV head h // (Hq // Hk). Softmax in float32. `sliding_window` and
+    `soft_cap` as in the module docstring (the query is at position seq_lens[r] - 1).
     """
     b, hq, d = q.shape
     if b == 0:
@@ -168,7 +188,12 @@ def decode_attention(
     v = v_cache[bt].reshape(b, nblk * bs, hk, d)
     qg = q.view(b, hk, group, d).float()
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k.float()) * scale  # [B, Hk, G, L]
-    pad = torch.arange(nblk * bs).unsqueeze(0) >= lens.unsqueeze(1)  # [B, L]
+    if soft_cap > 0:
+        scores = torch.tanh(scores / soft_cap) * soft_cap
+    keys = torch.arange(nblk * bs).unsqueeze(0)
+    pad = keys >= lens.unsqueeze(1)  # [B, L]
+    if sliding_window > 0:
+        pad |= keys <= lens.unsqueeze(1) - 1 - int(sliding_window)
     scores.masked_fill_(pad[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bhgl,blhd->bhgd", probs, v.float())
@@ -184,10 +209,13 @@ def prefill_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     max_query_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """Variable-length causal attention: q [T, Hq, D] of rows with any query length, each row's
     context (cached prefix + this chunk, already written to the cache) read through the block
-    table -> [T, Hq, D]."""
+    table -> [T, Hq, D]. `sliding_window` and `soft_cap` as in the module docstring."""
     t, hq, d = q.shape
     out = torch.empty_like(q)
     hk = k_cache.shape[2]
@@ -207,12 +235,19 @@ def prefill_attention(
             kr = kr.repeat_interleave(hq // hk, dim=0)
             vr = vr.repeat_interleave(hq // hk, dim=0)
         ctx = kvlen - qlen
-        if ctx == 0:
+        if ctx == 0 and sliding_window <= 0 and soft_cap <= 0:
             o = F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, scale=scale)
         else:
             qpos = torch.arange(ctx, kvlen).unsqueeze(1)
-            allowed = torch.arange(kvlen).unsqueeze(0) <= qpos  # [qlen, L]
-            o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
+            keys = torch.arange(kvlen).unsqueeze(0)
+            allowed = keys <= qpos  # [qlen, L]
+            if sliding_window > 0:
+                allowed &= keys > qpos - int(sliding_window)
+            if soft_cap > 0:
+                scores = torch.tanh(qr @ kr.transpose(1, 2) * scale / soft_cap) * soft_cap
+                o = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ vr
+            else:
+                o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed, scale=scale)
         out[a:bnd] = o.transpose(0, 1).to(out.dtype)
     return out
 
@@ -228,19 +263,24 @@ def paged_attention(
     scale: float,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    *,
+    sliding_window: int = 0,
+    soft_cap: float = 0.0,
 ) -> torch.Tensor:
     """Attention for a whole plan: the leading `num_decode_rows` rows (one query each) through
     `decode_attention`, the rest through `prefill_attention`. q [T, Hq, D] -> [T, Hq, D]."""
     nd = int(num_decode_rows)
     rows = seq_lens.shape[0]
+    opts = dict(sliding_window=sliding_window, soft_cap=soft_cap)
     if nd == rows:
-        return decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len)
+        return decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len, **opts)
     if nd == 0:
-        return prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len)
+        return prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
+                                 **opts)
     out = torch.empty_like(q)
-    out[:nd] = decode_attention(q[:nd], k_cache, v_cache, block_table[:nd], seq_lens[:nd], scale)
+    out[:nd] = decode_attention(q[:nd], k_cache, v_cache, block_table[:nd], seq_lens[:nd], scale, **opts)
     qsl = query_start_loc[nd:] - query_start_loc[nd]
     out[nd:] = prefill_attention(
-        q[nd:], k_cache, v_cache, block_table[nd:], seq_lens[nd:], qsl, scale, max_query_len
+        q[nd:], k_cache, v_cache, block_table[nd:], seq_lens[nd:], qsl, scale, max_query_len, **opts
     )
     return out
