@@ -78,15 +78,15 @@ def rotary_embedding(
     is_neox=True: Hugging Face `rotate_half` (pairs i and i + rotary_dim/2); False: GPT-J /
     llama.cpp adjacent pairs (2i, 2i+1).
     """
-    rot = head_dim if rotary_dim is None else int(rotary_dim)
-    if rot <= 0 or rot % 2 or rot > head_dim:
+    rdim = head_dim if rotary_dim is None else int(rotary_dim)
+    if rdim <= 0 or rdim % 2 or rdim > head_dim:
         raise ValueError(f"rotary_dim: expected a positive even int <= head_dim {head_dim}, got {rotary_dim!r}")
-    half = rot // 2
+    half = rdim // 2
     cs = cos_sin_cache.index_select(0, positions.long())
     cos = cs[:, :half].unsqueeze(1)
     sin = cs[:, half:].unsqueeze(1)
     for t in (q, k):
-        x = t.view(t.shape[0], -1, head_dim)[..., :rot]
+        x = t.view(t.shape[0], -1, head_dim)[..., :rdim]
         if is_neox:
             x1, x2 = x[..., :half].float(), x[..., half:].float()
             c = torch.cat([cos, cos], dim=-1)
