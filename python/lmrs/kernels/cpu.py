@@ -26,15 +26,13 @@ recomputed in float32).
 
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 import weakref
 
 import torch
 
 from lmrs import _core
 from lmrs.kernels import reference as _ref
+from lmrs.kernels.cuda_checks import check_attention_options, check_rotary_dim  # (pure Python, shared)
 
 NAME = "cpu"
 
@@ -192,19 +190,6 @@ def _heads(t: torch.Tensor, head_dim: int):
     return None
 
 
-def _rotary_dim(rotary_dim, head_dim: int) -> int:
-    """The rotated dims of a head (None: all), checked."""
-    if rotary_dim is None:
-        return head_dim
-    try:
-        rot = operator.index(rotary_dim) if not isinstance(rotary_dim, bool) else 0
-    except TypeError:
-        rot = 0
-    if not 0 < rot <= head_dim or rot % 2:
-        raise ValueError(f"rotary_dim: expected a positive even int <= head_dim {head_dim}, got {rotary_dim!r}")
-    return rot
-
-
 def _rope_table_ok(cos_sin_cache: torch.Tensor, rotary_dim: int) -> bool:
     """Whether the Rust kernel takes this table; a table of the wrong width is an error."""
     if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim:
@@ -215,7 +200,7 @@ def _rope_table_ok(cos_sin_cache: torch.Tensor, rotary_dim: int) -> bool:
 
 def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True, *,
                      rotary_dim: int | None = None) -> None:
-    rot = _rotary_dim(rotary_dim, head_dim)
+    rot = check_rotary_dim(rotary_dim, head_dim)
     qh, kh = _heads(q, head_dim), _heads(k, head_dim)
     if (qh is None or kh is None or q.dtype != k.dtype or q.dtype not in _CODE or not positions.is_cpu
             or not _rope_table_ok(cos_sin_cache, rot)):
@@ -245,7 +230,7 @@ def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int
     each head, None: all); write k rotated and v into the paged cache at `slot_mapping` (negative
     slots skipped). With float32 qkv the cache may be 16-bit (rounded once when written). The k
     columns afterwards are unspecified."""
-    rot = _rotary_dim(rotary_dim, head_dim)
+    rot = check_rotary_dim(rotary_dim, head_dim)
     t = qkv.shape[0]
     info = _cache_info(k_cache, v_cache)
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
@@ -317,21 +302,6 @@ def _attn_meta(block_table, seq_lens, query_start_loc):
     return _ATTN_META.get((block_table, seq_lens, query_start_loc), make)
 
 
-def attention_options(sliding_window, soft_cap) -> tuple[int, float]:
-    """(sliding_window, soft_cap) checked: an int >= 0 and a finite number >= 0 (0: off)."""
-    if sliding_window == 0 and soft_cap == 0:  # the common case, cheaply
-        return 0, 0.0
-    try:
-        window = operator.index(sliding_window) if not isinstance(sliding_window, bool) else -1
-    except TypeError:
-        window = -1
-    if window < 0:
-        raise ValueError(f"sliding_window: expected an int >= 0 (0: no window), got {sliding_window!r}")
-    if isinstance(soft_cap, (bool, torch.Tensor)) or not isinstance(soft_cap, numbers.Real) or not 0 <= soft_cap < math.inf:
-        raise ValueError(f"soft_cap: expected a finite number >= 0 (0: no capping), got {soft_cap!r}")
-    return window, float(soft_cap)
-
-
 def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float, sliding_window: int,
                soft_cap: float):
     """Rust paged attention of all rows, or None when these tensors are not covered. q and the
@@ -356,7 +326,7 @@ def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scal
 
 def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None, *,
                      sliding_window: int = 0, soft_cap: float = 0.0):
-    window, cap = attention_options(sliding_window, soft_cap)
+    window, cap = check_attention_options(sliding_window, soft_cap)
     b, hq, d = q.shape
     if b == 0:
         return q.new_empty((0, hq, d))
@@ -369,7 +339,7 @@ def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, m
 
 def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float,
                       max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
-    window, cap = attention_options(sliding_window, soft_cap)
+    window, cap = check_attention_options(sliding_window, soft_cap)
     out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, window, cap)
     if out is None:
         return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
@@ -383,7 +353,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
     """Decode and prefill rows in one kernel call (the kernel does not need them ordered). With a
     sliding window, the blocks before each row's window are neither read nor checked (they may be
     the null block 0)."""
-    window, cap = attention_options(sliding_window, soft_cap)
+    window, cap = check_attention_options(sliding_window, soft_cap)
     out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, window, cap)
     if out is None:
         return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
