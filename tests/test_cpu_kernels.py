@@ -584,3 +584,24 @@ def test_attention_options_are_checked(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"^{name}: expected"):
         cpu.paged_attention(torch.randn(1, 2, 64), kc, vc, bt, seq_lens, qsl, 1, 0.125, **bad)
+
+
+def test_uncovered_layouts_pass_the_options_to_the_reference():
+    """Head dim 48 (no compiled attention kernel) and float64 (no Rust kernels) run the reference,
+    with the window, cap, rotary_dim and GeGLU options intact."""
+    g = torch.Generator().manual_seed(4)
+    bt, seq_lens, qsl = make_plan(g, [1, 6], [40, 3], 16, 8)
+    kc, vc = torch.randn(8, 16, 1, 48, generator=g), torch.randn(8, 16, 1, 48, generator=g)
+    q = torch.randn(7, 2, 48, generator=g)
+    opts = dict(sliding_window=5, soft_cap=3.0)
+    out = cpu.paged_attention(q, kc, vc, bt, seq_lens, qsl, 1, 0.3, **opts)
+    close(out, ref.paged_attention(q, kc, vc, bt, seq_lens, qsl, 1, 0.3, **opts))
+    assert (out - ref.paged_attention(q, kc, vc, bt, seq_lens, qsl, 1, 0.3)).abs().max() > 1e-3
+    x = torch.randn(3, 8, dtype=torch.float64, generator=g)
+    assert torch.equal(cpu.gelu_tanh_and_mul(x), ref.gelu_tanh_and_mul(x))
+    qd, kd = torch.randn(2, 64, dtype=torch.float64), torch.randn(2, 64, dtype=torch.float64)
+    q2, k2 = qd.clone(), kd.clone()
+    pos = torch.tensor([1, 7], dtype=torch.int32)
+    cpu.rotary_embedding(pos, qd, kd, rope_cache_partial(32), 64, rotary_dim=32)
+    ref.rotary_embedding(pos, q2, k2, rope_cache_partial(32), 64, rotary_dim=32)
+    assert torch.equal(qd, q2) and torch.equal(kd, k2)

@@ -439,7 +439,9 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
                 sum = S::add(sum, p);
                 j += LANES;
             }
-            std::ptr::write_bytes(s, 0, lo);
+            for jj in 0..lo {
+                *s.add(jj) = 0.0;
+            }
             for jj in hi..n {
                 *s.add(jj) = 0.0;
             }

@@ -151,8 +151,7 @@ unsafe fn copy_head<S: Isa, T: Elem, C: Elem>(src: *const T, dst: *mut C, d: usi
     }
 }
 
-/// Rotate the first `r` dimensions of one head of `d` from `src` into `dst` (may be the same
-/// address); the other `d - r` are copied when `dst` is another address.
+/// Rotate the first `r` dimensions of one head from `src` into `dst` (may be the same address).
 #[inline(always)]
 unsafe fn rotate_head<S: Isa, T: Elem, C: Elem>(
     src: *const T,
@@ -160,7 +159,6 @@ unsafe fn rotate_head<S: Isa, T: Elem, C: Elem>(
     cos: *const f32,
     sin: *const f32,
     r: usize,
-    d: usize,
     neox: bool,
 ) {
     let half = r / 2;
@@ -187,9 +185,6 @@ unsafe fn rotate_head<S: Isa, T: Elem, C: Elem>(
             *dst.add(2 * i + 1) = C::from_f32(x2 * c + x1 * s);
         }
     }
-    if r < d && src as usize != dst as usize {
-        copy_head::<S, T, C>(src.add(r), dst.add(r), d - r);
-    }
 }
 
 #[inline(always)]
@@ -204,14 +199,14 @@ unsafe fn rope_tokens<S: Isa, T: Elem, C: Elem>(a: &RopeArgs, start: usize, end:
         let q = (a.q as *mut T).add(t * a.q_stride);
         for h in 0..a.q_heads {
             let x = q.add(h * d);
-            rotate_head::<S, T, T>(x, x, cos, sin, r, d, a.is_neox);
+            rotate_head::<S, T, T>(x, x, cos, sin, r, a.is_neox);
         }
         let k = (a.k as *mut T).add(t * a.k_stride);
         match &a.cache {
             None => {
                 for h in 0..a.k_heads {
                     let x = k.add(h * d);
-                    rotate_head::<S, T, T>(x, x, cos, sin, r, d, a.is_neox);
+                    rotate_head::<S, T, T>(x, x, cos, sin, r, a.is_neox);
                 }
             }
             Some(c) => {
@@ -224,7 +219,13 @@ unsafe fn rope_tokens<S: Isa, T: Elem, C: Elem>(a: &RopeArgs, start: usize, end:
                 let vc = (c.v_cache as *mut C).add(row);
                 let v = (c.v as *const T).add(t * c.v_stride);
                 for h in 0..a.k_heads {
-                    rotate_head::<S, T, C>(k.add(h * d), kc.add(h * d), cos, sin, r, d, a.is_neox);
+                    rotate_head::<S, T, C>(k.add(h * d), kc.add(h * d), cos, sin, r, a.is_neox);
+                }
+                if r < d {
+                    // partial rotary: the pass-through dims of k go to the cache as they are
+                    for h in 0..a.k_heads {
+                        copy_head::<S, T, C>(k.add(h * d + r), kc.add(h * d + r), d - r);
+                    }
                 }
                 copy_head::<S, T, C>(v, vc, a.k_heads * d);
             }

@@ -1,6 +1,7 @@
 """CUDA kernel backend: the interface of `reference.py`, backed by the kernels in `cuda/*.cu`.
 
-Each module (`norm`, `rope`, `activation`, `cache`, `decode_attention`, `prefill_attention`) is
+Each module (`norm`, `rope`, `activation`, `cache`, `decode_attention`, `prefill_attention`,
+`quant_matmul`) is
 compiled once per GPU architecture with NVRTC (`compile_check.binary_for_device`, cached on disk),
 loaded once per device with `cupy.RawModule`, and its kernels are launched on PyTorch's current
 stream with torch tensors passed by pointer. Arguments are checked (`cuda_checks`) before any
