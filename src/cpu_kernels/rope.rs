@@ -96,7 +96,7 @@ pub unsafe fn rotary_embedding(a: &RopeArgs) -> Result<(), String> {
     if a.head_dim % 2 != 0 {
         return Err(format!("head_dim {} is odd", a.head_dim));
     }
-    if a.rotary_dim == 0 || a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim {
+    if a.rotary_dim == 0 || !a.rotary_dim.is_multiple_of(2) || a.rotary_dim > a.head_dim {
         return Err(format!(
             "rotary_dim {} must be even, positive and at most head_dim {}",
             a.rotary_dim, a.head_dim
