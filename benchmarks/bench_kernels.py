@@ -1,6 +1,9 @@
 """Kernel benchmark: achieved memory bandwidth of each lmrs CUDA kernel against the card's own
-device-to-device copy bandwidth measured in the same run (and prefill attention against PyTorch's
-scaled_dot_product_attention on the same shapes).
+device-to-device copy bandwidth measured in the same run, and time ratios against a peer on the same
+shapes ("vs peer": peer time / lmrs time): prefill attention against PyTorch's
+scaled_dot_product_attention; sliding-window decode against full attention at the same context; the
+weight-only int4 / int8 product against dequantizing to bfloat16 + cuBLAS (and a dense bfloat16
+cuBLAS product, for reference).
 
     python benchmarks/bench_kernels.py [--json PATH] [--quick]
 
@@ -83,7 +86,7 @@ def run(args) -> dict:
     peak = copy_bandwidth(b)
     rows: list[dict] = []
 
-    def add(kernel, config, dtype, t, nbytes=None, flops=None, peer_t=None):
+    def add(kernel, config, dtype, t, nbytes=None, flops=None, peer_t=None, peer=None):
         r = {"kernel": kernel, "config": config, "dtype": str(dtype).replace("torch.", ""), "us": t * 1e6}
         if nbytes is not None:
             r["GB/s"] = nbytes / t / 1e9
@@ -91,7 +94,8 @@ def run(args) -> dict:
         if flops is not None:
             r["TFLOP/s"] = flops / t / 1e12
         if peer_t is not None:
-            r["vs_sdpa"] = peer_t / t
+            r["vs_peer"] = peer_t / t
+            r["peer"] = peer
         rows.append(r)
         print(_fmt_row(r), flush=True)
 
@@ -194,15 +198,78 @@ def run(args) -> dict:
 
                 peer = b.time([sdpa])
                 add("prefill_attention", f"{name} q={qlens[0]}x{len(qlens)} ctx={ctxs[0]}", dt, t, flops=flops,
-                    peer_t=peer)
+                    peer_t=peer, peer="torch SDPA, dense K/V")
                 del q, kc, vc, dense
     torch.cuda.empty_cache()
+    window_decode(b, add, g, args)
+    quant_products(b, add, g, args)
     return {"device": props.name, "sms": props.multi_processor_count, "l2_bytes": l2,
             "copy_GBps": peak / 1e9, "rows": rows}
 
 
+def window_decode(b: Bench, add, g, args) -> None:
+    """Decode attention with a sliding window at a long context against full attention there (the
+    windowed rows count only the K/V bytes inside the window)."""
+    from lmrs.kernels import cuda as K
+
+    ctx, bs, dt = 32768, 16, torch.bfloat16
+    for name, hq, hk, d, window in (("Mistral-7B", 32, 8, 128, 4096), ("Gemma-3-27B", 32, 16, 128, 1024)):
+        for batch in ((1, 16) if not args.quick else (16,)):
+            sets = [make_paged(batch, ctx, hq, hk, d, bs, dt, g) for _ in range(b.copies(2 * batch * ctx * hk * d * 2))]
+            full = b.time([lambda s=s: K.decode_attention(*s, d**-0.5, ctx) for s in sets])
+            win = b.time([lambda s=s: K.decode_attention(*s, d**-0.5, ctx, sliding_window=window) for s in sets])
+            cap = b.time([lambda s=s: K.decode_attention(*s, d**-0.5, ctx, sliding_window=window, soft_cap=50.0)
+                          for s in sets])
+            nbytes = 2 * batch * window * hk * d * 2
+            add("decode_attention", f"{name} ctx={ctx} window={window} B={batch}", dt, win, nbytes, peer_t=full,
+                peer="full attention, same context")
+            add("decode_attention", f"{name} ctx={ctx} window={window} cap=50 B={batch}", dt, cap, nbytes,
+                peer_t=full, peer="full attention, same context")
+            del sets
+    torch.cuda.empty_cache()
+
+
+def quant_products(b: Bench, add, g, args) -> None:
+    """Weight-only int4 / int8 products (decode-sized M) against dequantize-to-bfloat16 + cuBLAS;
+    bytes = packed weight + x + y. A dense bfloat16 cuBLAS product is listed for reference."""
+    import torch.nn.functional as F
+
+    from lmrs.kernels import cuda as K
+    from lmrs.kernels.cuda_quant import QuantizedWeight
+
+    dt = torch.bfloat16
+
+    def weight(bits, n, k):
+        groups = k // 32
+        scales = (torch.rand(n, groups, device="cuda", generator=g) * 0.01 + 1e-3).half()
+        if bits == 4:
+            codes = torch.randint(0, 256, (n, k // 2), device="cuda", generator=g, dtype=torch.uint8)
+            return QuantizedWeight(4, codes, scales, (-8 * scales.float()).half())
+        codes = torch.randint(-127, 128, (n, k), device="cuda", generator=g, dtype=torch.int8)
+        return QuantizedWeight(8, codes, scales, None)
+
+    shapes = ((4096, 4096), (14336, 4096), (4096, 14336)) if not args.quick else ((14336, 4096),)
+    for n, k in shapes:
+        for bits in (4, 8):
+            probe = weight(bits, n, k)
+            ws = [probe] + [weight(bits, n, k) for _ in range(b.copies(probe.nbytes) - 1)]
+            for m in (1, 4, 8, 16):
+                x = torch.randn(m, k, device="cuda", dtype=dt, generator=g)
+                t = b.time([lambda w=w: K.quant_matmul(x, w) for w in ws])
+                deq = b.time([lambda w=w: F.linear(x, K.quant_dequantize(w, dt)) for w in ws])
+                add("quant_matmul", f"q{bits} N={n} K={k} M={m}", dt, t, probe.nbytes + 2 * m * (k + n),
+                    peer_t=deq, peer="dequantize to bfloat16 + cuBLAS")
+            del ws
+        dense = [torch.randn(n, k, device="cuda", dtype=dt, generator=g) for _ in range(b.copies(2 * n * k))]
+        x = torch.randn(1, k, device="cuda", dtype=dt, generator=g)
+        add("linear (cuBLAS)", f"bf16 weight N={n} K={k} M=1", dt, b.time([lambda w=w: F.linear(x, w) for w in dense]),
+            2 * n * k + 2 * (k + n))
+        del dense
+    torch.cuda.empty_cache()
+
+
 def _fmt_header() -> str:
-    return f"{'kernel':<20} {'config':<42} {'dtype':<9} {'time us':>9} {'GB/s':>8} {'% copy':>7} {'TFLOP/s':>8} {'vs sdpa':>8}"
+    return f"{'kernel':<20} {'config':<42} {'dtype':<9} {'time us':>9} {'GB/s':>8} {'% copy':>7} {'TFLOP/s':>8} {'vs peer':>8}"
 
 
 def _fmt_row(r: dict) -> str:
@@ -210,7 +277,7 @@ def _fmt_row(r: dict) -> str:
         return format(r[k], fmt) if k in r else ""
 
     return (f"{r['kernel']:<20} {r['config']:<42} {r['dtype']:<9} {r['us']:>9.1f} {f('GB/s', '8.0f'):>8} "
-            f"{f('pct_copy_bw', '6.1f'):>7} {f('TFLOP/s', '8.2f'):>8} {f('vs_sdpa', '7.2f'):>8}")
+            f"{f('pct_copy_bw', '6.1f'):>7} {f('TFLOP/s', '8.2f'):>8} {f('vs_peer', '7.2f'):>8}")
 
 
 def main(argv=None) -> int:
@@ -234,7 +301,12 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
-    dec = [r for r in res["rows"] if r["kernel"] == "decode_attention"]
+    quant = [r for r in res["rows"] if r["kernel"] == "quant_matmul" and r["config"].endswith(" M=1")]
+    if quant:
+        print(f"quantized products at M=1: {min(r['pct_copy_bw'] for r in quant):.1f}-"
+              f"{max(r['pct_copy_bw'] for r in quant):.1f}% of copy bandwidth, "
+              f"{min(r['vs_peer'] for r in quant):.2f}-{max(r['vs_peer'] for r in quant):.2f}x dequantize + cuBLAS")
+    dec = [r for r in res["rows"] if r["kernel"] == "decode_attention" and "window" not in r["config"]]
     if dec:
         best = max(r["pct_copy_bw"] for r in dec)
         print(f"\ndecode attention at 4k context: best {best:.1f}% of copy bandwidth "

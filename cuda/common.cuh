@@ -248,6 +248,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
 #endif
 }
 
+// Gemma 2's attention-score soft-cap in the log2 domain: for a score s (already multiplied by
+// the softmax scale, natural units), cap * tanh(s / cap) * log2(e), with `inv2_log2` =
+// 2 * log2(e) / cap and `cap_log2` = cap * log2(e). tanh(x) = 1 - 2 / (1 + e^2x) with the MUFU
+// exp2 and a fast division: absolute error ~2e-7 (relative to the cap), e^2x = inf gives 1 and
+// e^2x = 0 gives -1. Few registers, so the kernels' default path keeps its occupancy.
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float soft_cap_log2(float s, float inv2_log2, float cap_log2) {
+  const float e = fast_exp2(s * inv2_log2);
+  return cap_log2 * (1.0f - __fdividef(2.0f, 1.0f + e));
+}
+
 // exp2(x - m) for online softmax where the running max m may still be -inf (nothing seen yet):
 // then every x is -inf too and the weight must be 0, not NaN.
 __device__ __forceinline__ float safe_max_ref(float m) { return m == neg_inf() ? 0.f : m; }

@@ -1,12 +1,19 @@
 // Paged decode attention: one query token per sequence against its cached keys/values, read
 // through the block table. KV cache layout [num_blocks, block_size, Hk, D] ("NHD"); block_size is
 // a power of two passed as bs_shift (16 -> 4, 32 -> 5). Softmax in float32, in the log2 domain
-// (q is pre-multiplied by scale * log2(e)); outputs match reference.decode_attention.
+// (q is pre-multiplied by q_scale = scale * log2(e)); outputs match reference.decode_attention.
+//
+// Options: soft_cap > 0 (Gemma 2, the `_cap` entry points: a separate build so that the default
+// one keeps its registers): q_scale is the plain softmax scale and each score s becomes
+// soft_cap * tanh(s / soft_cap) * log2(e). window > 0 (sliding window): the query at position
+// seq_len - 1 sees the keys [seq_len - window, seq_len) only, and the CTAs (and KV splits) cover
+// just those: the blocks before the window are never read.
 //
 // Grid: x = sequence b, y = KV head * head chunks, z = KV split. Each CTA handles one KV head and
 // a chunk of HPC query heads of its GQA group (group = Hq / Hk; chunks = ceil(group / HPC)), so
 // every K/V vector read from memory is used by all HPC heads (GQA sharing). Split z covers keys
-// [z * partition, min((z + 1) * partition, seq_len)); gridDim.z == 1 means no split.
+// [lo + z * partition, min(lo + (z + 1) * partition, seq_len)), lo = the window's first key (0
+// without a window); gridDim.z == 1 means no split.
 //
 // Thread mapping inside a CTA (NW warps, 32 * NW threads):
 //   N = LB / sizeof(T) elements per load (LB = 16 bytes; 8 for 16-bit types with HPC = 8, see
@@ -38,13 +45,13 @@ struct DecodeCfg {
   static constexpr int U = HPC <= 4 ? 4 : (LB == 8 ? 4 : 2);
 };
 
-template <typename T, int D, int HPC, int NW, int U, int LB>
+template <typename T, int D, int HPC, int NW, int U, int LB, bool CAP>
 __device__ __forceinline__ void decode_attention_impl(
     T* __restrict__ out, i64 out_stride, const T* __restrict__ q, i64 q_stride,
     const T* __restrict__ k_cache, const T* __restrict__ v_cache,
     const int* __restrict__ block_table, i64 bt_stride, const int* __restrict__ seq_lens,
-    float scale_log2, int num_kv_heads, int group, int bs_shift, int num_blocks, int partition,
-    float* __restrict__ part_out, float* __restrict__ part_lse) {
+    float q_scale, float soft_cap, int window, int num_kv_heads, int group, int bs_shift,
+    int num_blocks, int partition, float* __restrict__ part_out, float* __restrict__ part_lse) {
   constexpr int N = LB / sizeof(T);  // elements per lane per load
   constexpr int TPK = D / N;
   static_assert(TPK >= 1 && TPK <= 32 && 32 % TPK == 0, "D / N must divide 32");
@@ -69,8 +76,11 @@ __device__ __forceinline__ void decode_attention_impl(
   const int slot = warp * KPW + kg;
 
   const int seq_len = seq_lens[b];
-  const int start = split * partition;
+  const int lo = window > 0 ? max(0, seq_len - window) : 0;
+  const int start = lo + split * partition;
   const int end = min(seq_len, start + partition);
+  const float inv_cap = soft_cap > 0.f ? 2.0f * kLog2e / soft_cap : 0.f;
+  const float cap_log2 = soft_cap * kLog2e;
 
   // Query vectors of the HPC heads, this lane's N elements each, scaled into the log2 domain.
   float qf[HPC][N];
@@ -79,7 +89,7 @@ __device__ __forceinline__ void decode_attention_impl(
     if (g < nh) {
       unpack_raw<T, LB>(ld_raw<LB>(q + (i64)b * q_stride + (i64)(h0 + g) * D + sl * N), qf[g]);
 #pragma unroll
-      for (int i = 0; i < N; ++i) qf[g][i] *= scale_log2;
+      for (int i = 0; i < N; ++i) qf[g][i] *= q_scale;
     } else {
 #pragma unroll
       for (int i = 0; i < N; ++i) qf[g][i] = 0.f;
@@ -129,6 +139,7 @@ __device__ __forceinline__ void decode_attention_impl(
 #pragma unroll
         for (int i = 0; i < N; ++i) d = fmaf(qf[g][i], kf[i], d);
         d = group_sum<TPK>(d);
+        if (CAP) d = soft_cap_log2(d, inv_cap, cap_log2);
         s[u][g] = valid ? d : neg_inf();
       }
     }
@@ -221,17 +232,18 @@ __device__ __forceinline__ void decode_attention_impl(
 // Combine the splits of one (sequence, query head): out = sum_z 2^lse_z * part_z / sum_z 2^lse_z.
 // Grid: x = sequence b, y = query head; blockDim.x = D threads (64 or 128), thread = output
 // element d. Warp 0 computes the split weights into shared memory first. Only the splits that hold
-// keys of this sequence (ceil(seq_len / partition)) are read.
+// keys of this sequence (ceil(keys / partition), keys = seq_len or, with a window, at most
+// window) are read.
 template <typename T, int D>
 __device__ __forceinline__ void decode_reduce_impl(T* __restrict__ out, i64 out_stride,
                                                    const float* __restrict__ part_out,
                                                    const float* __restrict__ part_lse,
-                                                   const int* __restrict__ seq_lens,
+                                                   const int* __restrict__ seq_lens, int window,
                                                    int num_q_heads, int num_splits, int partition) {
   __shared__ float w[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, hq = blockIdx.y;
-  const int len = seq_lens[b];
+  const int len = window > 0 ? min(seq_lens[b], window) : seq_lens[b];  // keys the query sees
   const int n = len <= 0 ? 0 : min(min(num_splits, kMaxSplits), (len + partition - 1) / partition);
   const i64 p0 = ((i64)b * num_q_heads + hq) * num_splits;
   if (threadIdx.x < 32) {
@@ -265,17 +277,22 @@ __device__ __forceinline__ void decode_reduce_impl(T* __restrict__ out, i64 out_
 #define LMRS_DECODE_ARGS(T)                                                                        \
   T *out, long long out_stride, const T *q, long long q_stride, const T *k_cache,                  \
       const T *v_cache, const int *block_table, long long bt_stride, const int *seq_lens,          \
-      float scale_log2, int num_kv_heads, int group, int bs_shift, int num_blocks, int partition,  \
-      float *part_out, float *part_lse
+      float q_scale, float soft_cap, int window, int num_kv_heads, int group, int bs_shift,        \
+      int num_blocks, int partition, float *part_out, float *part_lse
 
-#define LMRS_DECODE_ENTRY_DH(SUF, T, D, HPC)                                                       \
+#define LMRS_DECODE_ENTRY_DHC(SUF, T, D, HPC, NAME_TAIL, CAP)                                      \
   extern "C" __global__ void __launch_bounds__(lmrs::kDecodeWarps * 32)                            \
-      decode_attention_##SUF##_d##D##_g##HPC(LMRS_DECODE_ARGS(T)) {                                \
+      decode_attention_##SUF##_d##D##_g##HPC##NAME_TAIL(LMRS_DECODE_ARGS(T)) {                     \
     lmrs::decode_attention_impl<T, D, HPC, lmrs::kDecodeWarps, lmrs::DecodeCfg<T, HPC>::U,         \
-                                lmrs::DecodeCfg<T, HPC>::LB>(                                      \
-        out, out_stride, q, q_stride, k_cache, v_cache, block_table, bt_stride, seq_lens,          \
-        scale_log2, num_kv_heads, group, bs_shift, num_blocks, partition, part_out, part_lse);     \
+                                lmrs::DecodeCfg<T, HPC>::LB, CAP>(                                 \
+        out, out_stride, q, q_stride, k_cache, v_cache, block_table, bt_stride, seq_lens, q_scale, \
+        soft_cap, window, num_kv_heads, group, bs_shift, num_blocks, partition, part_out,          \
+        part_lse);                                                                                 \
   }
+
+#define LMRS_DECODE_ENTRY_DH(SUF, T, D, HPC)             \
+  LMRS_DECODE_ENTRY_DHC(SUF, T, D, HPC, , false)         \
+  LMRS_DECODE_ENTRY_DHC(SUF, T, D, HPC, _cap, true)
 
 #define LMRS_DECODE_ENTRY_D(SUF, T, D)                                                             \
   LMRS_DECODE_ENTRY_DH(SUF, T, D, 1)                                                               \
@@ -284,9 +301,9 @@ __device__ __forceinline__ void decode_reduce_impl(T* __restrict__ out, i64 out_
   LMRS_DECODE_ENTRY_DH(SUF, T, D, 8)                                                               \
   extern "C" __global__ void __launch_bounds__(128) decode_reduce_##SUF##_d##D(                    \
       T *out, long long out_stride, const float *part_out, const float *part_lse,                  \
-      const int *seq_lens, int num_q_heads, int num_splits, int partition) {                       \
-    lmrs::decode_reduce_impl<T, D>(out, out_stride, part_out, part_lse, seq_lens, num_q_heads,     \
-                                   num_splits, partition);                                         \
+      const int *seq_lens, int window, int num_q_heads, int num_splits, int partition) {           \
+    lmrs::decode_reduce_impl<T, D>(out, out_stride, part_out, part_lse, seq_lens, window,          \
+                                   num_q_heads, num_splits, partition);                            \
   }
 
 #define LMRS_DECODE_ENTRY(SUF, T) \

@@ -4,6 +4,11 @@
 // block table from the paged KV cache [num_blocks, block_size, Hk, D] (this chunk's K/V already
 // written there by reshape_and_cache), cached prefix included. Matches reference.prefill_attention.
 //
+// Options: window > 0 (sliding window): a query at position p sees keys p - window < j <= p, and
+// a tile starts at the first key its earliest query sees (the blocks before are never read).
+// soft_cap > 0 (Gemma 2): q_scale is the plain softmax scale and each score s becomes
+// soft_cap * tanh(s / soft_cap) * log2(e); otherwise q_scale = scale * log2(e).
+//
 // Grid: x = query tile (heaviest, i.e. latest, tiles first), y = row r, z = KV head h.
 // GQA packing: a tile is M = 64 "query rows" taken from the row's qlen * group (token, head)
 // pairs, token-major: packed p -> token p / group, head h * group + p % group. All query heads of
@@ -18,7 +23,7 @@
 // Shared memory (dynamic, float32, rows padded by 4 floats so float4 reads are conflict-free):
 //   Qs [64][D+4], Ks [32][D+4], Vs [32][D+4], Ps [64][36]: 44 KB for D = 64, 75 KB for D = 128
 //   (the wrapper raises the dynamic shared memory limit above 48 KB). Q is pre-scaled by
-//   scale * log2(e) (softmax in the log2 domain).
+//   q_scale (softmax in the log2 domain).
 // Alignment: q/out rows, cache rows and D * sizeof(T) are 16-byte aligned (checked by the
 // wrapper); out rows are written 4 elements at a time.
 #include "common.cuh"
@@ -42,8 +47,8 @@ __device__ __forceinline__ void prefill_attention_impl(
     T* __restrict__ out, i64 out_stride, const T* __restrict__ q, i64 q_stride,
     const T* __restrict__ k_cache, const T* __restrict__ v_cache,
     const int* __restrict__ block_table, i64 bt_stride, const int* __restrict__ seq_lens,
-    const int* __restrict__ query_start_loc, float scale_log2, int num_kv_heads, int group,
-    int bs_shift, int num_blocks) {
+    const int* __restrict__ query_start_loc, float q_scale, float soft_cap, int window,
+    int num_kv_heads, int group, int bs_shift, int num_blocks) {
   constexpr int M = kPrefillM, BN = kPrefillN, NT = kPrefillThreads;
   constexpr int N = Vec<T>::N;
   constexpr int VPR = D / N;  // 16-byte vectors per head row
@@ -76,7 +81,7 @@ __device__ __forceinline__ void prefill_attention_impl(
       const int t = p / group, g = p - t * group;
       load_vec(q + (i64)(q0 + t) * q_stride + (i64)(hq0 + g) * D + v * N, f);
 #pragma unroll
-      for (int i = 0; i < N; ++i) f[i] *= scale_log2;
+      for (int i = 0; i < N; ++i) f[i] *= q_scale;
     } else {
 #pragma unroll
       for (int i = 0; i < N; ++i) f[i] = 0.f;
@@ -86,15 +91,19 @@ __device__ __forceinline__ void prefill_attention_impl(
       *reinterpret_cast<float4*>(&Qs[row * DP + v * N + i]) = make_float4(f[i], f[i + 1], f[i + 2], f[i + 3]);
   }
 
-  // Each owned row's query position (-1: padding row, everything masked).
-  int qpos[4];
+  // Each owned row's query position (-1: padding row, everything masked) and first visible key.
+  int qpos[4], qlo[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int p = p0 + ty + 16 * i;
     qpos[i] = p < packed ? ctx + p / group : -1;
+    qlo[i] = window > 0 ? qpos[i] - window + 1 : 0;
   }
   const int p_last = min(p0 + M, packed) - 1;
   const int kv_end = min(kv_len, ctx + p_last / group + 1);  // keys this tile can see
+  const int kv_start = window > 0 ? max(0, ctx + p0 / group - window + 1) : 0;
+  const float inv_cap = soft_cap > 0.f ? 2.0f * kLog2e / soft_cap : 0.f;
+  const float cap_log2 = soft_cap * kLog2e;
 
   float m[4], l[4];
   float4 acc[4][DC];
@@ -110,7 +119,7 @@ __device__ __forceinline__ void prefill_attention_impl(
   const int* bt = block_table + (i64)r * bt_stride;
   const int bs_mask = (1 << bs_shift) - 1;
 
-  for (int k0 = 0; k0 < kv_end; k0 += BN) {
+  for (int k0 = kv_start; k0 < kv_end; k0 += BN) {
     __syncthreads();  // Qs written (first tile) / previous Ks, Vs, Ps reads done
     for (int idx = tid; idx < BN * VPR; idx += NT) {
       const int j = idx / VPR, v = idx - j * VPR;
@@ -159,13 +168,16 @@ __device__ __forceinline__ void prefill_attention_impl(
         }
     }
 
-    // Causal mask (key > query position; also covers keys >= kv_end) and online softmax.
+    // Soft-cap, causal and window mask (key > query position, which also covers keys >= kv_end;
+    // key before the query's window) and online softmax.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       float mx = neg_inf();
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if (k0 + tx + 8 * j > qpos[i]) s[i][j] = neg_inf();
+        const int key = k0 + tx + 8 * j;
+        if (soft_cap > 0.f) s[i][j] = soft_cap_log2(s[i][j], inv_cap, cap_log2);
+        if (key > qpos[i] || key < qlo[i]) s[i][j] = neg_inf();
         mx = fmaxf(mx, s[i][j]);
       }
       mx = group_max<8>(mx);
@@ -236,11 +248,12 @@ __device__ __forceinline__ void prefill_attention_impl(
   extern "C" __global__ void __launch_bounds__(lmrs::kPrefillThreads) prefill_attention_##SUF##_d##D( \
       T* out, long long out_stride, const T* q, long long q_stride, const T* k_cache,            \
       const T* v_cache, const int* block_table, long long bt_stride, const int* seq_lens,        \
-      const int* query_start_loc, float scale_log2, int num_kv_heads, int group, int bs_shift,   \
-      int num_blocks) {                                                                          \
+      const int* query_start_loc, float q_scale, float soft_cap, int window, int num_kv_heads,   \
+      int group, int bs_shift, int num_blocks) {                                                 \
     lmrs::prefill_attention_impl<T, D>(out, out_stride, q, q_stride, k_cache, v_cache,           \
                                        block_table, bt_stride, seq_lens, query_start_loc,        \
-                                       scale_log2, num_kv_heads, group, bs_shift, num_blocks);   \
+                                       q_scale, soft_cap, window, num_kv_heads, group, bs_shift, \
+                                       num_blocks);                                              \
   }
 
 #define LMRS_PREFILL_ENTRY(SUF, T) \

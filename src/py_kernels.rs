@@ -8,7 +8,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::cpu_kernels::activation::{silu_and_mul, SiluMulArgs};
+use crate::cpu_kernels::activation::{gated_act_and_mul, GateAct, GatedActArgs};
 use crate::cpu_kernels::attention::{paged_attention, supported_head_dim, AttnArgs};
 use crate::cpu_kernels::logits::{refine_top_logits, RefineArgs};
 use crate::cpu_kernels::norm::{rms_norm, NormArgs};
@@ -76,10 +76,12 @@ fn cpu_rms_norm(
 
 /// Rotate q [tokens, q_heads, D] and k [tokens, k_heads, D] in place by their positions; with a
 /// non-zero `k_cache`, k goes rotated into the paged cache at `slots` instead, and v with it.
+/// Only the first `rotary_dim` (None: D) dimensions of each head rotate; `cos_sin` has that many
+/// columns.
 #[pyfunction]
 #[pyo3(signature = (tokens, head_dim, is_neox, dtype_code, positions, cos_sin, max_positions,
     q, q_stride, q_heads, k, k_stride, k_heads, v=0, v_stride=0, slots=0, k_cache=0, v_cache=0,
-    num_slots=0, cache_dtype=None, threads=0))]
+    num_slots=0, cache_dtype=None, threads=0, rotary_dim=None))]
 #[allow(clippy::too_many_arguments)]
 fn cpu_rotary_embedding(
     py: Python<'_>,
@@ -104,6 +106,7 @@ fn cpu_rotary_embedding(
     num_slots: usize,
     cache_dtype: Option<u32>,
     threads: usize,
+    rotary_dim: Option<usize>,
 ) -> PyResult<()> {
     if tokens == 0 {
         return Ok(());
@@ -124,6 +127,7 @@ fn cpu_rotary_embedding(
     let a = RopeArgs {
         tokens,
         head_dim,
+        rotary_dim: rotary_dim.unwrap_or(head_dim),
         is_neox,
         dtype: dtype(dtype_code)?,
         positions: nonnull(positions, "positions")?,
@@ -167,6 +171,7 @@ fn cpu_reshape_and_cache(
     let a = RopeArgs {
         tokens,
         head_dim,
+        rotary_dim: head_dim,
         is_neox: true,
         dtype: dtype(dtype_code)?,
         positions: 0,
@@ -192,38 +197,12 @@ fn cpu_reshape_and_cache(
     run(py, move || unsafe { cache_write(&a) })
 }
 
-/// out [rows, I] = silu(x[:, :I]) * x[:, I:].
+/// Paged attention of every row (decode and prefill) into `out`; optionally with a sliding window
+/// (0: none) and a score soft-cap (0: none).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn cpu_silu_and_mul(
-    py: Python<'_>,
-    rows: usize,
-    inter: usize,
-    x: usize,
-    x_stride: usize,
-    out: usize,
-    out_stride: usize,
-    dtype_code: u32,
-    threads: usize,
-) -> PyResult<()> {
-    if rows == 0 || inter == 0 {
-        return Ok(());
-    }
-    let a = SiluMulArgs {
-        rows,
-        inter,
-        x: nonnull(x, "x")?,
-        x_stride,
-        out: nonnull(out, "out")?,
-        out_stride,
-        dtype: dtype(dtype_code)?,
-        threads,
-    };
-    run(py, move || unsafe { silu_and_mul(&a) })
-}
-
-/// Paged attention of every row (decode and prefill) into `out`.
-#[pyfunction]
+#[pyo3(signature = (dtype_code, cache_dtype, num_tokens, q, q_stride, out, out_stride, q_heads,
+    kv_heads, head_dim, k_cache, v_cache, num_blocks, block_size, block_table, bt_stride,
+    max_blocks, seq_lens, query_start_loc, rows, scale, threads, sliding_window=0, soft_cap=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn cpu_paged_attention(
     py: Python<'_>,
@@ -249,6 +228,8 @@ fn cpu_paged_attention(
     rows: usize,
     scale: f32,
     threads: usize,
+    sliding_window: usize,
+    soft_cap: f32,
 ) -> PyResult<()> {
     if rows == 0 || num_tokens == 0 {
         return Ok(());
@@ -275,6 +256,8 @@ fn cpu_paged_attention(
         query_start_loc: nonnull(query_start_loc, "query_start_loc")?,
         rows,
         scale,
+        sliding_window,
+        soft_cap,
         threads,
     };
     run(py, move || unsafe { paged_attention(&a) })
@@ -446,11 +429,46 @@ fn cpu_kernels_force_portable(on: bool) {
     simd::set_force_portable(on)
 }
 
+// ---- gated activations (SwiGLU, GeGLU) ---------------------------------------------------------
+
+/// out [rows, I] = act(x[:, :I]) * x[:, I:] with act 0 = silu, 1 = gelu (tanh approximation).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn cpu_gated_act_and_mul(
+    py: Python<'_>,
+    act: u32,
+    rows: usize,
+    inter: usize,
+    x: usize,
+    x_stride: usize,
+    out: usize,
+    out_stride: usize,
+    dtype_code: u32,
+    threads: usize,
+) -> PyResult<()> {
+    let act = GateAct::from_code(act).map_err(PyValueError::new_err)?;
+    if rows == 0 || inter == 0 {
+        return Ok(());
+    }
+    let a = GatedActArgs {
+        act,
+        rows,
+        inter,
+        x: nonnull(x, "x")?,
+        x_stride,
+        out: nonnull(out, "out")?,
+        out_stride,
+        dtype: dtype(dtype_code)?,
+        threads,
+    };
+    run(py, move || unsafe { gated_act_and_mul(&a) })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_rotary_embedding, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_reshape_and_cache, m)?)?;
-    m.add_function(wrap_pyfunction!(cpu_silu_and_mul, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_gated_act_and_mul, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_paged_attention, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_refine_top_logits, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_attention_supports_head_dim, m)?)?;

@@ -237,3 +237,62 @@ def test_heads_per_cta():
 
 def test_prefill_smem_matches_kernel_comment():
     assert K.prefill_smem_bytes(64) <= 48 * 1024 < K.prefill_smem_bytes(128) <= 99 * 1024
+
+
+# --- issue 12 options and the quantized product ------------------------------------------------
+
+
+def test_attention_options():
+    assert cc.check_attention_options(0, 0.0) == (0, 0.0)
+    assert cc.check_attention_options(4096, 50) == (4096, 50.0)
+    for bad in (-1, 2.5, True, "8", 2**31):
+        _raises(ValueError, "^sliding_window: expected an int >= 0", cc.check_attention_options, bad, 0.0)
+    for bad in (-1.0, float("nan"), float("inf"), "30", torch.tensor(30.0)):
+        _raises(ValueError, "^soft_cap: expected a finite number >= 0", cc.check_attention_options, 0, bad)
+
+
+def test_rotary_dim_checks():
+    a = _rope_args()
+    q3, _ = cc.check_rotary(**{**a, "cos_sin_cache": torch.zeros(32, 32)}, rotary_dim=32)
+    assert q3.shape == (4, 3, 64)
+    for bad in (0, 63, 66, -2, 2.5):
+        _raises(ValueError, "^rotary_dim: expected a positive even int <= head_dim 64", cc.check_rotary, **a,
+                rotary_dim=bad)
+    _raises(ValueError, r"^cos_sin_cache: expected 32 columns", cc.check_rotary, **a, rotary_dim=32)
+
+
+def _quant(bits=4, n=6, k=64):
+    from lmrs.kernels.cuda_quant import QuantizedWeight
+
+    codes = torch.zeros(n, k // 2 if bits == 4 else k, dtype=torch.uint8 if bits == 4 else torch.int8)
+    scales = torch.ones(n, k // 32, dtype=F16)
+    return QuantizedWeight(bits, codes, scales, scales.clone() if bits == 4 else None)
+
+
+def test_quant_matmul_checks():
+    x = torch.zeros(3, 64, dtype=F16)
+    assert cc.check_quant_matmul(x, _quant()) == (3, 6, 64)
+    assert cc.check_quant_matmul(x.bfloat16(), _quant(8), torch.zeros(6, dtype=torch.bfloat16)) == (3, 6, 64)
+    _raises(TypeError, "^weight: expected a lmrs.kernels.cuda_quant.QuantizedWeight", cc.check_quant_matmul, x, x)
+    _raises(TypeError, "^x: dtype torch.float32 is not supported", cc.check_quant_matmul, x.float(), _quant())
+    _raises(ValueError, r"^x: 32 input features \(dim 1\) but the weight has 64", cc.check_quant_matmul,
+            x[:, :32], _quant())
+    _raises(ValueError, "^x: rows must be contiguous", cc.check_quant_matmul, torch.zeros(64, 3, dtype=F16).t(),
+            _quant())
+    _raises(ValueError, r"^bias: expected shape \(6,\)", cc.check_quant_matmul, x, _quant(), torch.zeros(5, dtype=F16))
+    _raises(TypeError, "^bias: expected dtype torch.float16", cc.check_quant_matmul, x, _quant(), torch.zeros(6))
+    w = _quant()
+    w.qweight = w.qweight.to(torch.int8)
+    _raises(TypeError, "^weight.qweight: expected dtype torch.uint8 for 4-bit codes", cc.check_quant_weight, w)
+    w = _quant()
+    w.qweight = w.qweight[:, :16]
+    _raises(ValueError, r"^weight.qweight: expected shape \(6, 32\)", cc.check_quant_weight, w)
+    w = _quant()
+    w.mins = None
+    _raises(TypeError, "^weight.mins: expected a torch.Tensor", cc.check_quant_weight, w)
+    w = _quant(8)
+    w.mins = w.scales
+    _raises(ValueError, "^weight.mins: 8-bit weights have no mins", cc.check_quant_weight, w)
+    w = _quant()
+    w.scales = w.scales.float()
+    _raises(TypeError, "^weight.scales: expected dtype torch.float16", cc.check_quant_weight, w)

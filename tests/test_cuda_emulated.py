@@ -269,3 +269,185 @@ def test_paged_mixed(emu, dtype):
     _close(out, ref, dtype)
     out2 = K.paged_attention(q, kc, vc, bt, sl, qsl, 3, 0.125)  # no max lengths: bounds from shapes
     _close(out2, ref, dtype)
+
+
+# --- issue 12: GeGLU, partial rotary, sliding window, soft-cap, quantized products ---------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter", [64, 13])
+def test_gelu_tanh_and_mul(emu, dtype, inter):
+    x = (torch.randn(3, 2 * inter, generator=torch.Generator().manual_seed(inter)) * 3).to(dtype)
+    _close(K.gelu_tanh_and_mul(x), R.gelu_tanh_and_mul(x), dtype)
+    assert emu.launches[-1][0].startswith("gelu_tanh_and_mul_")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("d,rot", [(64, 32), (128, 96)])
+def test_partial_rotary(emu, dtype, neox, d, rot):
+    hq, hk, t = 3, 1, 5
+    g = torch.Generator().manual_seed(rot)
+    inv = 1.0 / (10000 ** (torch.arange(0, rot, 2).float() / rot))
+    cs = R.rope_cos_sin_cache(inv, 64)
+    pos = torch.tensor([0, 3, 17, 63, 5], dtype=torch.int32)
+    qkv = torch.randn(t, (hq + 2 * hk) * d, generator=g).to(dtype)
+    q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hk) * d]
+    q2, k2 = q.clone(), k.clone()
+    K.rotary_embedding(pos, q, k, cs, d, neox, rotary_dim=rot)
+    R.rotary_embedding(pos, q2, k2, cs, d, neox, rotary_dim=rot)
+    torch.testing.assert_close(q, q2, atol=0, rtol=0)
+    torch.testing.assert_close(k, k2, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"cos_sin_cache: expected 96 columns|cos_sin_cache: expected 32 columns"):
+        K.rotary_embedding(pos, q, k, R.rope_cos_sin_cache(1.0 / (10000 ** (torch.arange(0, d, 2).float() / d)), 64),
+                           d, neox, rotary_dim=rot)
+
+
+def _null_outside_window(bt, seq_lens, qlens, window, bs):
+    """Blocks wholly before every window of their row -> the null block 0, filled with NaN."""
+    bt = bt.clone()
+    for r, (s, ql) in enumerate(zip(seq_lens.tolist(), qlens)):
+        bt[r, : max(0, s - ql + 1 - window) // bs] = 0
+    return bt
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window,cap", [(24, 0.0), (7, 30.0), (1000, 50.0), (0, 30.0)])
+def test_decode_window_and_soft_cap(emu, dtype, window, cap):
+    seq_lens = [1, 17, 40, 90]
+    q, kc, vc, bt, sl, _ = _attn_inputs(seq_lens, [1] * 4, 4, 2, 64, 16, dtype, seed=window + 1)
+    scale = 0.6 if cap else 0.125  # scores large enough for the cap to matter
+    opts = dict(sliding_window=window, soft_cap=cap)
+    ref = R.decode_attention(q, kc, vc, bt, sl, scale, **opts)
+    kc[0], vc[0] = float("nan"), float("nan")
+    out = K.decode_attention(q, kc, vc, _null_outside_window(bt, sl, [1] * 4, window, 16) if window else bt, sl,
+                             scale, max(seq_lens), **opts)
+    _close(out, ref, dtype)
+    assert emu.launches[-1][0].endswith("_cap") == (cap > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_split_with_window(emu, dtype, monkeypatch):
+    """Split-KV over a window: the splits cover the window only (so fewer than without it)."""
+    monkeypatch.setattr(K, "SPLIT_MIN_LEN", 32)
+    monkeypatch.setattr(K, "SPLIT_MIN_PARTITION", 16)
+    seq_lens, window = [300, 5, 100, 64], 70
+    q, kc, vc, bt, sl, _ = _attn_inputs(seq_lens, [1] * 4, 4, 1, 64, 16, dtype, seed=9)
+    ref = R.decode_attention(q, kc, vc, bt, sl, 0.125, sliding_window=window, soft_cap=20.0)
+    kc[0], vc[0] = float("nan"), float("nan")
+    out = K.decode_attention(q, kc, vc, _null_outside_window(bt, sl, [1] * 4, window, 16), sl, 0.125, 300,
+                             sliding_window=window, soft_cap=20.0)
+    splits = emu.launches[0][1][2]
+    assert [n for n, _, _ in emu.launches][1].startswith("decode_reduce") and 1 < splits <= -(-window // 16)
+    _close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window,cap", [(16, 0.0), (21, 50.0), (500, 30.0), (1, 0.0)])
+def test_prefill_window_and_soft_cap(emu, dtype, window, cap):
+    qlens = [5, 20, 1, 70]
+    seq_lens = [5, 20 + 33, 1 + 16, 70]
+    q, kc, vc, bt, sl, qsl = _attn_inputs(seq_lens, qlens, 6, 2, 64, 16, dtype, seed=window)
+    scale = 0.6 if cap else 0.125
+    opts = dict(sliding_window=window, soft_cap=cap)
+    ref = R.prefill_attention(q, kc, vc, bt, sl, qsl, scale, **opts)
+    kc[0], vc[0] = float("nan"), float("nan")
+    out = K.prefill_attention(q, kc, vc, _null_outside_window(bt, sl, qlens, window, 16), sl, qsl, scale,
+                              max(qlens), **opts)
+    _close(out, ref, dtype)
+
+
+def test_paged_mixed_window_and_soft_cap(emu):
+    qlens = [1, 1, 12, 3]
+    seq_lens = [9, 60, 12, 3 + 40]
+    q, kc, vc, bt, sl, qsl = _attn_inputs(seq_lens, qlens, 9, 3, 64, 16, torch.bfloat16, seed=13)
+    opts = dict(sliding_window=10, soft_cap=50.0)
+    ref = R.paged_attention(q, kc, vc, bt, sl, qsl, 2, 0.3, **opts)
+    out = K.paged_attention(q, kc, vc, bt, sl, qsl, 2, 0.3, max_query_len=12, max_seq_len=60, **opts)
+    _close(out, ref, torch.bfloat16)
+    with pytest.raises(ValueError, match="^sliding_window: expected an int >= 0"):
+        K.paged_attention(q, kc, vc, bt, sl, qsl, 2, 0.3, sliding_window=-4)
+    with pytest.raises(ValueError, match="^soft_cap: expected a finite number >= 0"):
+        K.paged_attention(q, kc, vc, bt, sl, qsl, 2, 0.3, soft_cap=float("nan"))
+
+
+# quantized products: GGUF blocks -> packed layout -> emulated kernels
+
+
+def _gguf_weight(qtype_name, n, k, seed):
+    gguf = pytest.importorskip("gguf")
+    qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * 0.05
+    blocks = gguf.quants.quantize(w, qtype)
+    return blocks, int(qtype), torch.from_numpy(gguf.quants.dequantize(blocks, qtype).reshape(n, k).copy())
+
+
+QTYPES = ["Q4_0", "Q4_1", "Q8_0"]
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_packing_gguf_blocks_is_exact(qtype):
+    from lmrs.kernels import cuda_quant as Q
+
+    blocks, qt, w = _gguf_weight(qtype, 24, 160, seed=1)
+    qw = Q.pack_gguf(blocks, qt, (24, 160))
+    assert qw.bits == (8 if qtype == "Q8_0" else 4) and (qw.n, qw.k) == (24, 160)
+    assert torch.equal(Q.dequantize(qw), w)  # bit for bit
+    # the GGUF blocks' bytes (Q4_0 gains a min per block: the kernel has one layout for both Q4s)
+    assert qw.nbytes == blocks.size + (24 * 160 // 32 * 2 if qtype == "Q4_0" else 0)
+    with pytest.raises(ValueError, match="^blocks: "):
+        Q.pack_gguf(blocks[:, :-1], qt, (24, 160))
+    with pytest.raises(ValueError, match="^qtype: "):
+        Q.pack_gguf(blocks, 12, (24, 160))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_quant_gemv(emu, qtype, dtype, m):
+    from lmrs.kernels import cuda_quant as Q
+
+    n, k = 10, 96  # a partial CTA of columns (4 per CTA), three groups
+    blocks, qt, w = _gguf_weight(qtype, n, k, seed=m)
+    qw = Q.pack_gguf(blocks, qt, (n, k))
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k + 8, generator=g).to(dtype)[:, :k]  # row-strided (16-byte aligned rows)
+    bias = torch.randn(n, generator=g).to(dtype) if m == 3 else None
+    y = K.quant_matmul(x, qw, bias)
+    assert emu.launches[-1][0] == f"quant_gemv_{'q8' if qw.bits == 8 else 'q4'}_{'f16' if dtype == torch.float16 else 'bf16'}_m{min(r for r in (1, 2, 4, 8) if r >= m)}"
+    expected = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    assert y.dtype == dtype and y.shape == (m, n)
+    _close(y, expected, dtype, scale=2)
+    # one-hot rows read single weights: exactly the GGUF dequantized values (rounded to dtype)
+    cols = torch.tensor([0, 31, 33, 95, 17, 64, 48, 1][:m])
+    onehot = torch.zeros(m, k, dtype=dtype)
+    onehot[torch.arange(m), cols] = 1
+    assert torch.equal(K.quant_matmul(onehot, qw), w[:, cols].T.to(dtype))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_quant_dequantize_and_large_m(emu, qtype):
+    from lmrs.kernels import cuda_quant as Q
+
+    n, k = 6, 64
+    blocks, qt, w = _gguf_weight(qtype, n, k, seed=4)
+    qw = Q.pack_gguf(blocks, qt, (n, k))
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(K.quant_dequantize(qw, dtype), w.to(dtype))
+    x = torch.randn(K.QUANT_GEMV_MAX_M + 3, k, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    y = K.quant_matmul(x, qw)  # above the GEMV rows: dequantize, then a (here CPU) GEMM
+    assert emu.launches[-1][0] == f"quant_dequant_{'q8' if qw.bits == 8 else 'q4'}_bf16"
+    _close(y, x.float() @ w.to(torch.bfloat16).float().T, torch.bfloat16)
+
+
+def test_quantize_from_float_weights(emu):
+    from lmrs.kernels import cuda_quant as Q
+
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(2)) * 0.1
+    for bits, step in ((4, 15), (8, 127)):
+        qw = Q.quantize(w, bits)
+        err = (Q.dequantize(qw) - w).abs().max()
+        spread = (w.view(8, 2, 32).amax(-1) - w.view(8, 2, 32).amin(-1)).max() if bits == 4 else w.abs().max()
+        assert 0 < err <= spread / step  # within one quantization step
+        x = torch.randn(2, 64, generator=torch.Generator().manual_seed(3)).half()
+        _close(K.quant_matmul(x, qw), x.float() @ Q.dequantize(qw).T, torch.float16, scale=2)

@@ -9,6 +9,11 @@
 //! up to 16 / G consecutive queries share every K/V row read. Keys are visited in chunks of
 //! [`CHUNK`] with an online (flash) softmax in float32: scores, running max and sum, then the
 //! probability-weighted V sum accumulated in float32, normalized and rounded once at the end.
+//!
+//! Options (Gemma 2/3, Mistral): a sliding window W (a query at position p sees the keys
+//! p - W < j <= p) and a score soft-cap c (score = c * tanh(score / c), before masking). With a
+//! window a work item starts at the first key its earliest query sees, so the blocks wholly
+//! before the window are never read (nor checked): a decode step costs O(W), not O(context).
 
 use super::parallel::{parallel_for, threads_for};
 use super::simd::{prefetch, Elem, Isa, LANES};
@@ -51,7 +56,23 @@ pub struct AttnArgs {
     pub query_start_loc: usize,
     pub rows: usize,
     pub scale: f32,
+    /// a query at position p sees keys p - sliding_window < j <= p; 0: all keys up to p
+    pub sliding_window: usize,
+    /// > 0: score = soft_cap * tanh(score / soft_cap) (scaled score, before masking); 0: none
+    pub soft_cap: f32,
     pub threads: usize,
+}
+
+impl AttnArgs {
+    /// The first key a query at position `pos` sees.
+    #[inline(always)]
+    fn window_start(&self, pos: usize) -> usize {
+        if self.sliding_window > 0 {
+            (pos + 1).saturating_sub(self.sliding_window)
+        } else {
+            0
+        }
+    }
 }
 
 /// Head dims with a compiled kernel (multiples of 16).
@@ -91,6 +112,12 @@ fn plan_items(a: &AttnArgs) -> Result<(Vec<Item>, Vec<usize>), String> {
     if a.block_size == 0 {
         return Err("block_size is 0".into());
     }
+    if !(a.soft_cap.is_finite() && a.soft_cap >= 0.0) {
+        return Err(format!(
+            "soft_cap {} must be a finite number >= 0 (0: none)",
+            a.soft_cap
+        ));
+    }
     let seq_lens: &[i32] = unsafe { slice_from(a.seq_lens, a.rows) };
     let qsl: &[i32] = unsafe { slice_from(a.query_start_loc, a.rows + 1) };
     let g = a.q_heads / a.kv_heads;
@@ -122,10 +149,13 @@ fn plan_items(a: &AttnArgs) -> Result<(Vec<Item>, Vec<usize>), String> {
         if qlen == 0 {
             continue;
         }
+        let ctx = len - qlen;
+        // the blocks any query of the row reads (with a window, none before the first query's)
+        let first_block = a.window_start(ctx) / a.block_size;
         let bt: &[i32] = unsafe {
             slice_from(
-                a.block_table + r * a.bt_stride * 4,
-                len.div_ceil(a.block_size),
+                a.block_table + (r * a.bt_stride + first_block) * 4,
+                len.div_ceil(a.block_size) - first_block,
             )
         };
         if let Some(&b) = bt.iter().find(|&&b| b < 0 || b as usize >= a.num_blocks) {
@@ -134,7 +164,6 @@ fn plan_items(a: &AttnArgs) -> Result<(Vec<Item>, Vec<usize>), String> {
                 a.num_blocks
             ));
         }
-        let ctx = len - qlen;
         let mut q0 = 0;
         while q0 < qlen {
             let q1 = (q0 + tile).min(qlen);
@@ -145,7 +174,8 @@ fn plan_items(a: &AttnArgs) -> Result<(Vec<Item>, Vec<usize>), String> {
                     q0: q0 as u32,
                     q1: q1 as u32,
                 });
-                costs.push((q1 - q0) * g * (ctx + q1) * a.head_dim * 2);
+                let keys = ctx + q1 - a.window_start(ctx + q0);
+                costs.push((q1 - q0) * g * keys * a.head_dim * 2);
             }
             q0 = q1;
         }
@@ -248,7 +278,8 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
     let nv = (q1 - q0) * g;
     let bt = (a.block_table as *const i32).add(r * a.bt_stride);
     let bs = a.block_size;
-    let kv_end = ctx + q1; // keys 0..kv_end are seen by the last query of the tile
+    let kv_end = ctx + q1; // keys kv_start..kv_end are seen by some query of the tile
+    let kv_start = a.window_start(ctx + q0);
 
     // queries as float32, vector v = (query q0 + v / g, head h * g + v % g)
     for v in 0..nv {
@@ -272,7 +303,7 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
         (0, d * std::mem::size_of::<C>())
     };
     let scale = a.scale;
-    let mut c0 = 0;
+    let mut c0 = kv_start;
     while c0 < kv_end {
         let c1 = (c0 + CHUNK).min(kv_end);
         let n = c1 - c0;
@@ -358,20 +389,25 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
         // online softmax: probabilities for this chunk (0 where masked), rescaled running sums
         for v in 0..nv {
             let pos = ctx + q0 + v / g;
-            let valid = (pos + 1).min(c1).saturating_sub(c0);
+            // keys lo..hi of the chunk (chunk-relative) are visible to this vector
+            let hi = (pos + 1).min(c1).saturating_sub(c0);
+            let lo = a.window_start(pos).saturating_sub(c0).min(hi);
             let s = sc.s.as_mut_ptr().add(v * CHUNK);
-            if valid == 0 {
+            if lo == hi {
                 std::ptr::write_bytes(s, 0, n);
                 continue;
             }
+            if a.soft_cap > 0.0 {
+                soft_cap::<S>(s.add(lo), hi - lo, a.soft_cap);
+            }
             let mut mv = S::splat(f32::NEG_INFINITY);
-            let mut j = 0;
-            while j + LANES <= valid {
+            let mut j = lo;
+            while j + LANES <= hi {
                 mv = S::max(mv, S::load_f32(s.add(j)));
                 j += LANES;
             }
             let mut mx = S::reduce_max(mv);
-            for jj in j..valid {
+            for jj in j..hi {
                 mx = mx.max(*s.add(jj));
             }
             let m_old = sc.m[v];
@@ -390,9 +426,9 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
             sc.m[v] = m_new;
             let mv = S::splat(m_new);
             let mut sum = S::zero();
-            let mut j = 0;
-            while j < valid {
-                let k = (valid - j).min(LANES);
+            let mut j = lo;
+            while j < hi {
+                let k = (hi - j).min(LANES);
                 let p = S::exp(S::sub(f32::load_upto::<S>(s.add(j), k), mv));
                 let p = if k < LANES {
                     S::mul(p, f32::load_upto::<S>(ONES.as_ptr(), k))
@@ -403,7 +439,10 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
                 sum = S::add(sum, p);
                 j += LANES;
             }
-            for jj in valid..n {
+            for jj in 0..lo {
+                *s.add(jj) = 0.0;
+            }
+            for jj in hi..n {
                 *s.add(jj) = 0.0;
             }
             sc.l[v] += S::reduce_add(sum);
@@ -438,6 +477,19 @@ unsafe fn attend_item<S: Isa, Q: Elem, C: Elem, const NC: usize>(
 }
 
 static ONES: [f32; LANES] = [1.0; LANES];
+
+/// s[0..n] = cap * tanh(s / cap), in place.
+#[inline(always)]
+unsafe fn soft_cap<S: Isa>(s: *mut f32, n: usize, cap: f32) {
+    let (c, inv) = (S::splat(cap), S::splat(1.0 / cap));
+    let mut j = 0;
+    while j < n {
+        let k = (n - j).min(LANES);
+        let x = f32::load_upto::<S>(s.add(j), k);
+        f32::store_upto::<S>(s.add(j), S::mul(S::tanh(S::mul(x, inv)), c), k);
+        j += LANES;
+    }
+}
 
 /// acc[v0..v0+NQ] += sum_j p[v][j] * V[j] over the chunk's keys (p is 0 where masked), in blocks
 /// of 4 x 16 head-dim lanes so the NQ x 4 accumulators stay in registers.

@@ -1,10 +1,12 @@
 //! Rotary position embedding of q and k in place, optionally fused with writing K (rotated) and V
 //! into the paged cache through the slot mapping; and the plain cache write.
 //!
-//! Rotation in float32 from the float32 cos/sin cache ([max_positions, D]: cos in the first D/2
-//! columns, sin in the last D/2), exactly as the reference: o1 = x1*cos - x2*sin,
+//! Rotation in float32 from the float32 cos/sin cache ([max_positions, R]: cos in the first R/2
+//! columns, sin in the last R/2), exactly as the reference: o1 = x1*cos - x2*sin,
 //! o2 = x2*cos + x1*sin (no fused multiply-add), rounded once to the storage dtype.
-//! NeoX style pairs (i, i + D/2); GPT-J style pairs (2i, 2i + 1).
+//! Only the first R = `rotary_dim` (<= D) dimensions of a head rotate (partial rotary: Phi-3,
+//! StableLM); the other D - R pass through (copied into the cache when it is written).
+//! NeoX style pairs (i, i + R/2); GPT-J style pairs (2i, 2i + 1).
 
 use super::parallel::{parallel_for, threads_for};
 use super::simd::{Elem, Isa, LANES};
@@ -16,12 +18,14 @@ use crate::{dispatch, with_elem};
 pub struct RopeArgs {
     pub tokens: usize,
     pub head_dim: usize,
+    /// R: the leading dimensions of each head that rotate (even, <= head_dim)
+    pub rotary_dim: usize,
     pub is_neox: bool,
     /// dtype of q, k (and v)
     pub dtype: DType,
     /// int32 [tokens]
     pub positions: usize,
-    /// float32 [max_positions, head_dim]
+    /// float32 [max_positions, rotary_dim]
     pub cos_sin: usize,
     pub max_positions: usize,
     /// q [tokens, q_heads, head_dim] rotated in place (token stride `q_stride`); 0 heads: none
@@ -92,6 +96,12 @@ pub unsafe fn rotary_embedding(a: &RopeArgs) -> Result<(), String> {
     if a.head_dim % 2 != 0 {
         return Err(format!("head_dim {} is odd", a.head_dim));
     }
+    if a.rotary_dim == 0 || !a.rotary_dim.is_multiple_of(2) || a.rotary_dim > a.head_dim {
+        return Err(format!(
+            "rotary_dim {} must be even, positive and at most head_dim {}",
+            a.rotary_dim, a.head_dim
+        ));
+    }
     check_indices(a, true)?;
     let args = *a;
     let work = a.tokens * (a.q_heads + 2 * a.k_heads) * a.head_dim * 2;
@@ -141,17 +151,17 @@ unsafe fn copy_head<S: Isa, T: Elem, C: Elem>(src: *const T, dst: *mut C, d: usi
     }
 }
 
-/// Rotate one head from `src` into `dst` (may be the same address).
+/// Rotate the first `r` dimensions of one head from `src` into `dst` (may be the same address).
 #[inline(always)]
 unsafe fn rotate_head<S: Isa, T: Elem, C: Elem>(
     src: *const T,
     dst: *mut C,
     cos: *const f32,
     sin: *const f32,
-    d: usize,
+    r: usize,
     neox: bool,
 ) {
-    let half = d / 2;
+    let half = r / 2;
     if neox {
         let mut i = 0;
         while i < half {
@@ -180,22 +190,23 @@ unsafe fn rotate_head<S: Isa, T: Elem, C: Elem>(
 #[inline(always)]
 unsafe fn rope_tokens<S: Isa, T: Elem, C: Elem>(a: &RopeArgs, start: usize, end: usize) {
     let d = a.head_dim;
+    let r = a.rotary_dim;
     let pos = a.positions as *const i32;
     for t in start..end {
         let p = *pos.add(t) as usize;
-        let cos = (a.cos_sin as *const f32).add(p * d);
-        let sin = cos.add(d / 2);
+        let cos = (a.cos_sin as *const f32).add(p * r);
+        let sin = cos.add(r / 2);
         let q = (a.q as *mut T).add(t * a.q_stride);
         for h in 0..a.q_heads {
             let x = q.add(h * d);
-            rotate_head::<S, T, T>(x, x, cos, sin, d, a.is_neox);
+            rotate_head::<S, T, T>(x, x, cos, sin, r, a.is_neox);
         }
         let k = (a.k as *mut T).add(t * a.k_stride);
         match &a.cache {
             None => {
                 for h in 0..a.k_heads {
                     let x = k.add(h * d);
-                    rotate_head::<S, T, T>(x, x, cos, sin, d, a.is_neox);
+                    rotate_head::<S, T, T>(x, x, cos, sin, r, a.is_neox);
                 }
             }
             Some(c) => {
@@ -208,7 +219,13 @@ unsafe fn rope_tokens<S: Isa, T: Elem, C: Elem>(a: &RopeArgs, start: usize, end:
                 let vc = (c.v_cache as *mut C).add(row);
                 let v = (c.v as *const T).add(t * c.v_stride);
                 for h in 0..a.k_heads {
-                    rotate_head::<S, T, C>(k.add(h * d), kc.add(h * d), cos, sin, d, a.is_neox);
+                    rotate_head::<S, T, C>(k.add(h * d), kc.add(h * d), cos, sin, r, a.is_neox);
+                }
+                if r < d {
+                    // partial rotary: the pass-through dims of k go to the cache as they are
+                    for h in 0..a.k_heads {
+                        copy_head::<S, T, C>(k.add(h * d + r), kc.add(h * d + r), d - r);
+                    }
                 }
                 copy_head::<S, T, C>(v, vc, a.k_heads * d);
             }

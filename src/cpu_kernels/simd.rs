@@ -25,6 +25,7 @@ pub trait Isa: Copy + Send + Sync + 'static {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     /// a * b + c (fused where the ISA has it: only for sums whose rounding is free to differ).
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
@@ -38,6 +39,8 @@ pub trait Isa: Copy + Send + Sync + 'static {
     unsafe fn exp(a: Self::V) -> Self::V;
     /// silu(x) = x / (1 + e^-x) per lane.
     unsafe fn silu(a: Self::V) -> Self::V;
+    /// tanh(x) per lane (relative error ~2e-7).
+    unsafe fn tanh(a: Self::V) -> Self::V;
     unsafe fn load_f32(p: *const f32) -> Self::V;
     unsafe fn load_f32_n(p: *const f32, n: usize) -> Self::V;
     unsafe fn store_f32(p: *mut f32, v: Self::V);
@@ -194,6 +197,21 @@ macro_rules! dispatch {
     }};
 }
 
+/// tanh of each element with the instruction set in use (the unit tests' view of [`Isa::tanh`]).
+#[cfg(test)]
+pub fn dispatch_tanh_for_tests(xs: &[f32]) -> Vec<f32> {
+    #[inline(always)]
+    unsafe fn go<S: Isa>(xs: &[f32], out: &mut [f32]) {
+        for (x, o) in xs.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            let v = S::tanh(S::load_f32_n(x.as_ptr(), x.len()));
+            S::store_f32_n(o.as_mut_ptr(), v, o.len());
+        }
+    }
+    let mut out = vec![0.0; xs.len()];
+    crate::dispatch!(go(xs, &mut out));
+    out
+}
+
 // ---- portable implementation ----------------------------------------------------------------
 
 /// Portable 16-lane arrays (the compiler vectorizes what it can for the baseline target).
@@ -227,6 +245,10 @@ impl Isa for Scalar {
     #[inline(always)]
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
         lanes!(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        lanes!(|i| a[i] / b[i])
     }
     #[inline(always)]
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
@@ -273,6 +295,10 @@ impl Isa for Scalar {
     #[inline(always)]
     unsafe fn silu(a: Self::V) -> Self::V {
         lanes!(|i| a[i] / (1.0 + (-a[i]).exp()))
+    }
+    #[inline(always)]
+    unsafe fn tanh(a: Self::V) -> Self::V {
+        lanes!(|i| a[i].tanh())
     }
     #[inline(always)]
     unsafe fn load_f32(p: *const f32) -> Self::V {
@@ -388,6 +414,10 @@ impl Isa for Avx512 {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        _mm512_div_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         _mm512_fmadd_ps(a, b, c)
     }
@@ -467,6 +497,29 @@ impl Isa for Avx512 {
     unsafe fn silu(a: Self::V) -> Self::V {
         let e = Self::exp(_mm512_sub_ps(_mm512_setzero_ps(), a));
         _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+    #[inline(always)]
+    unsafe fn tanh(a: Self::V) -> Self::V {
+        // Cephes tanhf: an odd polynomial for |x| < 0.625, else 1 - 2 / (e^2|x| + 1) with the sign
+        // of x (e^2|x| saturates at ~3.4e38, which gives exactly 1)
+        let z = _mm512_mul_ps(a, a);
+        let mut p = _mm512_set1_ps(-5.704_988_7e-3);
+        p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.063_908_9e-2));
+        p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.373_971_6e-2));
+        p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.333_144_2e-1));
+        p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.333_328_2e-1));
+        let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
+        let ax = _mm512_abs_ps(a);
+        let e = Self::exp(_mm512_add_ps(ax, ax));
+        let big = _mm512_sub_ps(
+            _mm512_set1_ps(1.0),
+            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, _mm512_set1_ps(1.0))),
+        );
+        // copy the sign of x onto |tanh|
+        let sign = _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(i32::MIN));
+        let big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), sign));
+        let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, _mm512_set1_ps(0.625));
+        _mm512_mask_blend_ps(is_small, big, small)
     }
     #[inline(always)]
     unsafe fn load_f32(p: *const f32) -> Self::V {

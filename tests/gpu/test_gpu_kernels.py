@@ -261,3 +261,172 @@ def test_wrong_device_rejected():
     x = torch.zeros(2, 8, device=DEV)
     with pytest.raises(ValueError, match="weight: expected a cuda tensor"):
         K.rms_norm(x, torch.ones(8), 1e-6)
+
+
+# --- issue 12: GeGLU, partial rotary, sliding window, soft-cap, quantized products ---------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,inter", [(1, 2048), (33, 6912), (3, 13)])
+def test_gelu_tanh_and_mul(dtype, rows, inter):
+    x = (torch.randn(rows, 2 * inter, generator=gen(inter)) * 3).to(dtype)
+    close(K.gelu_tanh_and_mul(x.to(DEV, copy=True)), R.gelu_tanh_and_mul(x), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,rot", [(64, 32), (128, 64), (128, 96), (64, 48)])
+@pytest.mark.parametrize("neox", [True, False], ids=["neox", "gptj"])
+def test_partial_rotary(dtype, d, rot, neox):
+    hq, hk, t = 9, 3, 37
+    g = gen(d + rot)
+    inv = 1.0 / (10000 ** (torch.arange(0, rot, 2).float() / rot))
+    cs = R.rope_cos_sin_cache(inv, 4096)
+    pos = torch.randint(0, 4096, (t,), generator=g).int()
+    qkv = torch.randn(t, (hq + 2 * hk) * d, generator=g).to(dtype)
+    qkv_gpu = qkv.to(DEV, copy=True)
+    K.rotary_embedding(pos.to(DEV), qkv_gpu[:, : hq * d], qkv_gpu[:, hq * d : (hq + hk) * d], cs.to(DEV), d, neox,
+                       rotary_dim=rot)
+    q, k = qkv[:, : hq * d].clone(), qkv[:, hq * d : (hq + hk) * d].clone()
+    R.rotary_embedding(pos, q, k, cs, d, neox, rotary_dim=rot)
+    out = qkv_gpu.cpu()
+    tol = 1e-6 if dtype == F32 else 0
+    torch.testing.assert_close(out[:, : hq * d], q, atol=tol, rtol=tol)
+    torch.testing.assert_close(out[:, hq * d : (hq + hk) * d], k, atol=tol, rtol=tol)
+
+
+def null_outside_window(bt, seq_lens, qlens, window, bs):
+    """Blocks wholly before every window of their row -> the null block 0 (NaN in make_attn)."""
+    bt = bt.clone()
+    for r, (s, ql) in enumerate(zip(seq_lens.tolist(), qlens)):
+        bt[r, : max(0, s - ql + 1 - window) // bs] = 0
+    return bt
+
+
+WINDOWS = [pytest.param(512, 0.0, id="w512"), pytest.param(4096, 50.0, id="w4096-cap50"),
+           pytest.param(100, 30.0, id="w100-cap30"), pytest.param(0, 50.0, id="cap50")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window,cap", WINDOWS)
+@pytest.mark.parametrize("heads", GQA)
+def test_decode_attention_window_soft_cap(dtype, window, cap, heads):
+    hq, hk = heads
+    seq_lens = [1, 33, 100, 513, 777, 4500, 9000]
+    q, kc, vc, bt, sl, _ = make_attn(seq_lens, [1] * len(seq_lens), hq, hk, 128, 16, dtype, seed=window + hq)
+    scale = 0.5 if cap else 128**-0.5
+    opts = dict(sliding_window=window, soft_cap=cap)
+    ref = R.decode_attention(q, kc.nan_to_num(0), vc.nan_to_num(0), bt, sl, scale, **opts)
+    btw = null_outside_window(bt, sl, [1] * len(seq_lens), window, 16) if window else bt
+    close(K.decode_attention(gpu_q(q), *gpu(kc, vc, btw, sl), scale, max(seq_lens), **opts), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window,cap", WINDOWS)
+def test_decode_split_kv_with_window(dtype, window, cap):
+    """Few long sequences: the split-KV path covers just the window."""
+    hq, hk, d = 8, 2, 128
+    seq_lens = [17000, 9000]
+    q, kc, vc, bt, sl, _ = make_attn(seq_lens, [1, 1], hq, hk, d, 16, dtype, seed=window + 3)
+    opts = dict(sliding_window=window, soft_cap=cap)
+    scale = 0.5 if cap else d**-0.5
+    ref = R.decode_attention(q, kc.nan_to_num(0), vc.nan_to_num(0), bt, sl, scale, **opts)
+    btw = null_outside_window(bt, sl, [1, 1], window, 16) if window else bt
+    close(K.decode_attention(gpu_q(q), *gpu(kc, vc, btw, sl), scale, max(seq_lens), **opts), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window,cap", WINDOWS + [pytest.param(37, 0.0, id="w37")])
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_attention_window_soft_cap(dtype, window, cap, d):
+    hq, hk, bs = 9, 3, 16
+    qlens = [1, 17, 100, 700, 20, 300]
+    ctx = [0, 0, 0, 0, 600, 200]
+    seq_lens = [a + b for a, b in zip(qlens, ctx)]
+    q, kc, vc, bt, sl, qsl = make_attn(seq_lens, qlens, hq, hk, d, bs, dtype, seed=window + d)
+    scale = 0.5 if cap else d**-0.5
+    opts = dict(sliding_window=window, soft_cap=cap)
+    ref = R.prefill_attention(q, kc.nan_to_num(0), vc.nan_to_num(0), bt, sl, qsl, scale, **opts)
+    btw = null_outside_window(bt, sl, qlens, window, bs) if window else bt
+    close(K.prefill_attention(gpu_q(q), *gpu(kc, vc, btw, sl, qsl), scale, max(qlens), **opts), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_mixed_window_soft_cap(dtype):
+    hq, hk, d, bs, window = 8, 2, 128, 32, 256
+    dec = [1, 37, 700, 5000]
+    pre_q, pre_ctx = [40, 1, 600], [0, 300, 16]
+    seq_lens = dec + [a + b for a, b in zip(pre_q, pre_ctx)]
+    qlens = [1] * len(dec) + pre_q
+    q, kc, vc, bt, sl, qsl = make_attn(seq_lens, qlens, hq, hk, d, bs, dtype, seed=77)
+    opts = dict(sliding_window=window, soft_cap=50.0)
+    ref = R.paged_attention(q, kc.nan_to_num(0), vc.nan_to_num(0), bt, sl, qsl, len(dec), 0.4, **opts)
+    btw = null_outside_window(bt, sl, qlens, window, bs)
+    args = [gpu_q(q), *gpu(kc, vc, btw, sl, qsl), len(dec), 0.4]
+    close(K.paged_attention(*args, max_query_len=max(qlens), max_seq_len=max(seq_lens), **opts), ref, dtype)
+
+
+def random_quant_weight(bits, n, k, seed):
+    """A packed weight with random codes and float16 scales / mins (cuda_quant layout, CPU)."""
+    from lmrs.kernels.cuda_quant import QuantizedWeight
+
+    g = gen(seed)
+    groups = k // 32
+    scales = (torch.rand(n, groups, generator=g) * 0.01 + 1e-3).half()
+    if bits == 4:
+        codes = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+        mins = (-8 * scales.float() + torch.randn(n, groups, generator=g) * 1e-3).half()
+        return QuantizedWeight(4, codes, scales, mins)
+    codes = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return QuantizedWeight(8, codes, scales, None)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 9, 64])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (576, 1536), (1000, 96)])
+def test_quant_matmul(bits, dtype, m, n, k):
+    from lmrs.kernels import cuda_quant as Q
+
+    qw = random_quant_weight(bits, n, k, seed=m + n + bits)
+    w = Q.dequantize(qw)
+    g = gen(m + k)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype) if m in (3, 9) else None
+    y = K.quant_matmul(x.to(DEV), qw.to(DEV), None if bias is None else bias.to(DEV))
+    ref = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    y = y.cpu()
+    assert y.dtype == dtype and y.shape == (m, n) and not torch.isnan(y).any()
+    err = (y.double() - ref).abs().max() / ref.abs().max()
+    assert err <= TOL[dtype], f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quant_dequantize_and_gguf_packing(bits):
+    """Hand-made GGUF Q4_0 / Q4_1 / Q8_0 blocks -> packed -> dequantized on the GPU: exact."""
+    import numpy as np
+
+    from lmrs.kernels import cuda_quant as Q
+
+    n, k = 64, 256
+    rng = np.random.default_rng(bits)
+    d = (rng.random((n, k // 32)) * 0.01 + 1e-3).astype(np.float16)
+    for qtype in ((2, 3) if bits == 4 else (8,)):
+        if qtype == 8:
+            qs = rng.integers(-127, 128, (n, k // 32, 32)).astype(np.int8).view(np.uint8)
+            blocks = np.concatenate([d[..., None].view(np.uint8), qs], axis=-1)
+            expected = d.astype(np.float32)[..., None] * qs.view(np.int8).astype(np.float32)
+        else:
+            qs = rng.integers(0, 256, (n, k // 32, 16)).astype(np.uint8)
+            q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32)
+            if qtype == 2:
+                blocks = np.concatenate([d[..., None].view(np.uint8), qs], axis=-1)
+                expected = d.astype(np.float32)[..., None] * (q - 8)
+            else:
+                m = (rng.standard_normal((n, k // 32)) * 0.02).astype(np.float16)
+                blocks = np.concatenate([d[..., None].view(np.uint8), m[..., None].view(np.uint8), qs], axis=-1)
+                expected = d.astype(np.float32)[..., None] * q + m.astype(np.float32)[..., None]
+        qw = Q.pack_gguf(blocks.reshape(n, -1), qtype, (n, k))
+        expected = torch.from_numpy(expected.reshape(n, k))
+        assert torch.equal(Q.dequantize(qw), expected)
+        for dtype in (F16, BF16):
+            assert torch.equal(K.quant_dequantize(qw.to(DEV), dtype).cpu(), expected.to(dtype))

@@ -14,6 +14,10 @@ mapping, block table, ...) and the same per-layer caches every step, so the wrap
 the last metadata tensors they converted and the caches they validated (by object identity,
 holding a reference), which keeps the Python cost of a call to a few microseconds.
 
+Options beyond the first interface, the same as the reference's: `sliding_window` / `soft_cap` on
+the attention ops (the blocks before a window are never read), `rotary_dim` on RoPE (partial
+rotary) and `gelu_tanh_and_mul` (GeGLU).
+
 The fused ops of the backend interface (`lmrs.kernels.backend`) have Rust kernels too:
 `rotary_embedding_and_cache` (RoPE on q in place and k rotated straight into the paged cache with
 v, from the fused qkv output) and `refine_top_logits` (the output head's top candidates
@@ -32,6 +36,7 @@ import torch
 
 from lmrs import _core
 from lmrs.kernels import reference as _ref
+from lmrs.kernels.cuda_checks import check_attention_options, check_rotary_dim  # (pure Python, shared)
 
 NAME = "cpu"
 
@@ -189,25 +194,25 @@ def _heads(t: torch.Tensor, head_dim: int):
     return None
 
 
-def _rope_table_ok(cos_sin_cache: torch.Tensor, head_dim: int) -> bool:
-    return (cos_sin_cache.dtype == torch.float32 and cos_sin_cache.is_cpu and cos_sin_cache.is_contiguous()
-            and cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == head_dim)
-
-
-def _partial(rotary_dim: int | None, head_dim: int) -> bool:
-    return rotary_dim is not None and int(rotary_dim) != head_dim
+def _rope_table_ok(cos_sin_cache: torch.Tensor, rotary_dim: int) -> bool:
+    """Whether the Rust kernel takes this table; a table of the wrong width is an error."""
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim:
+        raise ValueError(f"cos_sin_cache: expected [max_positions, {rotary_dim}] (cos | sin of the {rotary_dim} "
+                         f"rotated dims), got shape {tuple(cos_sin_cache.shape)}")
+    return cos_sin_cache.dtype == torch.float32 and cos_sin_cache.is_cpu and cos_sin_cache.is_contiguous()
 
 
 def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True, *,
                      rotary_dim: int | None = None) -> None:
+    rot = check_rotary_dim(rotary_dim, head_dim)
     qh, kh = _heads(q, head_dim), _heads(k, head_dim)
-    if (_partial(rotary_dim, head_dim) or qh is None or kh is None or q.dtype != k.dtype or q.dtype not in _CODE
-            or not positions.is_cpu or not _rope_table_ok(cos_sin_cache, head_dim)):
+    if (qh is None or kh is None or q.dtype != k.dtype or q.dtype not in _CODE or not positions.is_cpu
+            or not _rope_table_ok(cos_sin_cache, rot)):
         return _ref.rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
     _, pos = _index(positions)
     _core.cpu_rotary_embedding(q.shape[0], head_dim, bool(is_neox), _CODE[q.dtype], pos, cos_sin_cache.data_ptr(),
                                cos_sin_cache.shape[0], q.data_ptr(), qh[0], qh[1], k.data_ptr(), kh[0], kh[1],
-                               threads=THREADS)
+                               threads=THREADS, rotary_dim=rot)
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -225,16 +230,18 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int, head_dim: int, cos_sin_cache,
                                is_neox: bool, k_cache, v_cache, slot_mapping, *, rotary_dim: int | None = None) -> None:
-    """qkv [T, (Hq + 2 Hk) * D] = [q | k | v]: rotate q in place; write k rotated and v into the
-    paged cache at `slot_mapping` (negative slots skipped). With float32 qkv the cache may be
-    16-bit (rounded once when written). The k columns afterwards are unspecified."""
+    """qkv [T, (Hq + 2 Hk) * D] = [q | k | v]: rotate q in place (the first `rotary_dim` dims of
+    each head, None: all); write k rotated and v into the paged cache at `slot_mapping` (negative
+    slots skipped). With float32 qkv the cache may be 16-bit (rounded once when written). The k
+    columns afterwards are unspecified."""
+    rot = check_rotary_dim(rotary_dim, head_dim)
     t = qkv.shape[0]
     info = _cache_info(k_cache, v_cache)
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
-    if (_partial(rotary_dim, head_dim) or info is None or qkv.dtype not in _CODE
+    if (info is None or qkv.dtype not in _CODE
             or not _rows_ok(qkv, q_size + 2 * kv_size) or info[2] != num_kv_heads
             or info[3] != head_dim or (info[4] != _CODE[qkv.dtype] and qkv.dtype != torch.float32)
-            or not positions.is_cpu or not slot_mapping.is_cpu or not _rope_table_ok(cos_sin_cache, head_dim)):
+            or not positions.is_cpu or not slot_mapping.is_cpu or not _rope_table_ok(cos_sin_cache, rot)):
         return _ref.rotary_embedding_and_cache(positions, qkv, num_heads, num_kv_heads, head_dim, cos_sin_cache,
                                                is_neox, k_cache, v_cache, slot_mapping, rotary_dim=rotary_dim)
     nb, bs, _, _, cache_code, kc, vc = info
@@ -243,24 +250,34 @@ def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int
     base, row, esize = qkv.data_ptr(), qkv.stride(0), qkv.element_size()
     _core.cpu_rotary_embedding(t, head_dim, bool(is_neox), _CODE[qkv.dtype], pos, cos_sin_cache.data_ptr(),
                                cos_sin_cache.shape[0], base, row, num_heads, base + q_size * esize, row, num_kv_heads,
-                               base + (q_size + kv_size) * esize, row, slots, kc, vc, nb * bs, cache_code, THREADS)
+                               base + (q_size + kv_size) * esize, row, slots, kc, vc, nb * bs, cache_code, THREADS,
+                               rot)
 
 
 # ---- activation -------------------------------------------------------------------------------
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+_SILU, _GELU_TANH = 0, 1  # activation codes of _core.cpu_gated_act_and_mul
+
+
+def _gated(x: torch.Tensor, act: int, fallback) -> torch.Tensor:
     w = x.shape[-1]
     if x.dtype not in _CODE or w % 2 or not _rows_ok(x, w):
-        return _ref.silu_and_mul(x)
+        return fallback(x)
     t, i = x.shape[0], w // 2
     out = _empty((t, i), dtype=x.dtype)
-    _core.cpu_silu_and_mul(t, i, x.data_ptr(), x.stride(0), out.data_ptr(), i, _CODE[x.dtype], THREADS)
+    _core.cpu_gated_act_and_mul(act, t, i, x.data_ptr(), x.stride(0), out.data_ptr(), i, _CODE[x.dtype], THREADS)
     return out
 
 
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> silu(gate) * up [T, I] (float32 math, rounded once)."""
+    return _gated(x, _SILU, _ref.silu_and_mul)
+
+
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """GeGLU (no Rust kernel yet: the reference)."""
-    return _ref.gelu_tanh_and_mul(x)
+    """x [T, 2I] = [gate | up] -> gelu(gate, approximate="tanh") * up [T, I] (float32 math, rounded
+    once)."""
+    return _gated(x, _GELU_TANH, _ref.gelu_tanh_and_mul)
 
 
 # ---- attention --------------------------------------------------------------------------------
@@ -290,7 +307,8 @@ def _attn_meta(block_table, seq_lens, query_start_loc):
     return _ATTN_META.get((block_table, seq_lens, query_start_loc), make)
 
 
-def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float):
+def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float, sliding_window: int,
+               soft_cap: float):
     """Rust paged attention of all rows, or None when these tensors are not covered. q and the
     output share a dtype; the cache has it too, or any 16-bit dtype with float32 q."""
     t, hq, d = q.shape
@@ -306,46 +324,45 @@ def _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scal
     nb, bs, hk, _, cache_code, kc, vc = info
     out = _empty((t, hq, d), dtype=q.dtype)
     _core.cpu_paged_attention(_CODE[q.dtype], cache_code, t, q.data_ptr(), q.stride(0), out.data_ptr(), hq * d, hq, hk,
-                              d, kc, vc, nb, bs, bt, bt_stride, max_blocks, sl, qsl, rows, scale, THREADS)
+                              d, kc, vc, nb, bs, bt, bt_stride, max_blocks, sl, qsl, rows, scale, THREADS,
+                              sliding_window, soft_cap)
     return out
 
 
 def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None, *,
                      sliding_window: int = 0, soft_cap: float = 0.0):
+    window, cap = check_attention_options(sliding_window, soft_cap)
     b, hq, d = q.shape
     if b == 0:
         return q.new_empty((0, hq, d))
-    out = None
-    if not sliding_window and not soft_cap:
-        out = _attention(q, k_cache, v_cache, block_table, seq_lens, _arange(b + 1), scale)
+    out = _attention(q, k_cache, v_cache, block_table, seq_lens, _arange(b + 1), scale, window, cap)
     if out is None:
         return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len,
-                                     sliding_window=sliding_window, soft_cap=soft_cap)
+                                     sliding_window=window, soft_cap=cap)
     return out
 
 
 def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale: float,
                       max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
-    out = None
-    if not sliding_window and not soft_cap:
-        out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
+    window, cap = check_attention_options(sliding_window, soft_cap)
+    out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, window, cap)
     if out is None:
         return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
-                                      sliding_window=sliding_window, soft_cap=soft_cap)
+                                      sliding_window=window, soft_cap=cap)
     return out
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows: int, scale: float,
                     max_query_len: int | None = None, max_seq_len: int | None = None, *, sliding_window: int = 0,
                     soft_cap: float = 0.0):
-    """Decode and prefill rows in one kernel call (the kernel does not need them ordered)."""
-    out = None
-    if not sliding_window and not soft_cap:
-        out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
+    """Decode and prefill rows in one kernel call (the kernel does not need them ordered). With a
+    sliding window, the blocks before each row's window are neither read nor checked (they may be
+    the null block 0)."""
+    window, cap = check_attention_options(sliding_window, soft_cap)
+    out = _attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, window, cap)
     if out is None:
         return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
-                                    scale, max_query_len, max_seq_len, sliding_window=sliding_window,
-                                    soft_cap=soft_cap)
+                                    scale, max_query_len, max_seq_len, sliding_window=window, soft_cap=cap)
     return out
 
 

@@ -1,6 +1,7 @@
 """CUDA kernel backend: the interface of `reference.py`, backed by the kernels in `cuda/*.cu`.
 
-Each module (`norm`, `rope`, `activation`, `cache`, `decode_attention`, `prefill_attention`) is
+Each module (`norm`, `rope`, `activation`, `cache`, `decode_attention`, `prefill_attention`,
+`quant_matmul`) is
 compiled once per GPU architecture with NVRTC (`compile_check.binary_for_device`, cached on disk),
 loaded once per device with `cupy.RawModule`, and its kernels are launched on PyTorch's current
 stream with torch tensors passed by pointer. Arguments are checked (`cuda_checks`) before any
@@ -10,11 +11,14 @@ without one raises RuntimeError.
 Attention: decode rows use `decode_attention_*` (one CTA per sequence x KV head x head chunk,
 GQA-shared K/V reads), split over the KV length (flash-decoding, `decode_reduce_*` combines the
 splits) when there are too few CTAs to fill the GPU; prefill rows use `prefill_attention_*`.
-
-What the CUDA kernels do not implement yet runs the reference ops on the GPU tensors: sliding-window
-attention and attention soft-capping, partial rotary embeddings, `gelu_tanh_and_mul`,
-`refine_top_logits`, and attention and cache writes for head dims or block sizes the kernels are not
-compiled for (Gemma's 256). `rotary_embedding_and_cache` composes the rotary and cache-write kernels.
+With `sliding_window` W both read only the keys inside each query's window (a decode row's CTAs
+and splits cover its last W keys), and `soft_cap` caps the scores (`decode_attention_*_cap`, a
+separate build so the default one keeps its registers). `rotary_dim` rotates the leading dims of
+each head only; `gelu_tanh_and_mul` is GeGLU. Weight-only int4 / int8 matrix products are in
+`cuda_quant`.
+Attention and cache writes for head dims or block sizes the kernels are not compiled for
+(Gemma's 256) and `refine_top_logits` run the reference ops on the GPU tensors;
+`rotary_embedding_and_cache` composes the rotary and cache-write kernels.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def kernel_names() -> dict[str, set[str]]:
     names["norm"] = {"rms_norm", "fused_add_rms_norm"}  # operand dtypes are run-time arguments
     for dt in cc.FLOAT_DTYPES:
         s = cc.dtype_suffix(dt)
-        names["activation"].add(f"silu_and_mul_{s}")
+        names["activation"] |= {f"silu_and_mul_{s}", f"gelu_tanh_and_mul_{s}"}
         names["cache"].add(f"reshape_and_cache_{s}")
         for layout in ("neox", "gptj"):
             names["rope"] |= {f"rotary_{layout}_{s}_i32", f"rotary_{layout}_{s}_i64"}
@@ -94,7 +98,10 @@ def kernel_names() -> dict[str, set[str]]:
             names["prefill_attention"].add(f"prefill_attention_{s}_d{d}")
             names["decode_attention"].add(f"decode_reduce_{s}_d{d}")
             for h in HEADS_PER_CTA:
-                names["decode_attention"].add(f"decode_attention_{s}_d{d}_g{h}")
+                names["decode_attention"] |= {f"decode_attention_{s}_d{d}_g{h}", f"decode_attention_{s}_d{d}_g{h}_cap"}
+    from lmrs.kernels.cuda_quant import kernel_names as quant_kernel_names
+
+    names.update(quant_kernel_names())
     return names
 
 
@@ -295,22 +302,33 @@ def rope_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int, attention_sca
 
 def rotary_embedding(positions, q, k, cos_sin_cache, head_dim: int, is_neox: bool = True, *,
                      rotary_dim: int | None = None) -> None:
-    if rotary_dim is not None and int(rotary_dim) != head_dim:
-        return _ref.rotary_embedding(positions, q, k, cos_sin_cache, head_dim, is_neox, rotary_dim=rotary_dim)
+    """Rotate q [T, Hq*D] and k [T, Hk*D] in place (the first `rotary_dim` dims of each head;
+    None: all D)."""
     L = get_launcher()
-    q3, k3 = cc.check_rotary(positions, q, k, cos_sin_cache, head_dim)
+    q3, k3 = cc.check_rotary(positions, q, k, cos_sin_cache, head_dim, rotary_dim)
+    rot = cos_sin_cache.shape[1]
     dev = cc.check_devices(L.device_type, positions=positions, q=q, k=k, cos_sin_cache=cos_sin_cache)
     t = positions.shape[0]
     if t == 0 or q3.shape[1] + k3.shape[1] == 0:
         return
     kernel = f"rotary_{'neox' if is_neox else 'gptj'}_{cc.dtype_suffix(q.dtype)}_{'i32' if positions.dtype == torch.int32 else 'i64'}"
-    pairs = (q3.shape[1] + k3.shape[1]) * (head_dim // 2)
+    pairs = (q3.shape[1] + k3.shape[1]) * (rot // 2)
     L.launch("rope", kernel, (t, 1, 1), (_round32(pairs, 256), 1, 1),
              [Ptr(positions), Ptr(q3), _i64(q3.stride(0)), Ptr(k3), _i64(k3.stride(0)), Ptr(cos_sin_cache),
-              _i32(head_dim), _i32(q3.shape[1]), _i32(k3.shape[1]), _i64(cos_sin_cache.shape[0])], dev)
+              _i32(head_dim), _i32(rot), _i32(q3.shape[1]), _i32(k3.shape[1]), _i64(cos_sin_cache.shape[0])], dev)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> silu(gate) * up [T, I]."""
+    return _gated_and_mul(x, "silu_and_mul")
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> gelu(gate, approximate="tanh") * up [T, I] (GeGLU)."""
+    return _gated_and_mul(x, "gelu_tanh_and_mul")
+
+
+def _gated_and_mul(x: torch.Tensor, kernel: str) -> torch.Tensor:
     L = get_launcher()
     inter = cc.check_silu_and_mul(x)
     dev = cc.check_devices(L.device_type, x=x)
@@ -321,14 +339,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         n = inter // (16 // x.element_size()) if vec else inter
         block = _round32(n, 256)
         chunks = min(65535, -(-n // block))
-        L.launch("activation", f"silu_and_mul_{cc.dtype_suffix(x.dtype)}", (rows, chunks, 1), (block, 1, 1),
+        L.launch("activation", f"{kernel}_{cc.dtype_suffix(x.dtype)}", (rows, chunks, 1), (block, 1, 1),
                  [Ptr(out), Ptr(x), _i32(inter), _i32(vec)], dev)
     return out
-
-
-def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """GeGLU (no CUDA kernel yet: the reference, on the GPU)."""
-    return _ref.gelu_tanh_and_mul(x)
 
 
 def _compiled_for(k_cache) -> bool:
@@ -372,7 +385,14 @@ def rotary_embedding_and_cache(positions, qkv, num_heads: int, num_kv_heads: int
 refine_top_logits = _ref.refine_top_logits  # torch ops on the GPU
 
 
-def _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, rows, max_seq_len):
+def _q_scale(scale: float, soft_cap: float) -> np.float32:
+    """What the attention kernels multiply q by: scale * log2(e) (softmax in the log2 domain), or
+    the plain scale when the scores are soft-capped (the kernel applies log2(e) after the cap)."""
+    return _f32(scale if soft_cap > 0 else scale * _LOG2E)
+
+
+def _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, rows, max_seq_len,
+                   window: int, soft_cap: float):
     """Decode rows 0..rows-1 of q (one token each) into rows 0..rows-1 of out."""
     c = info.cache
     s = cc.dtype_suffix(q.dtype)
@@ -382,11 +402,13 @@ def _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scal
     if ctas_y > cc.MAX_GRID_Y:
         raise ValueError(f"k_cache: {c.num_kv_heads} KV heads x {chunks} head chunks exceed the grid limit")
     max_len = int(max_seq_len) if max_seq_len is not None else block_table.shape[1] * c.block_size
+    if window > 0:
+        max_len = min(max_len, window)  # keys a query sees
     splits, partition = decode_splits(rows * ctas_y, max_len, L.num_sms(dev))
     common = [Ptr(q), _i64(q.stride(0)), Ptr(k_cache), Ptr(v_cache), Ptr(block_table), _i64(block_table.stride(0)),
-              Ptr(seq_lens), _f32(scale * _LOG2E), _i32(c.num_kv_heads), _i32(info.group),
-              _i32(c.block_size.bit_length() - 1), _i32(c.num_blocks), _i32(partition)]
-    kernel = f"decode_attention_{s}_d{c.head_dim}_g{hpc}"
+              Ptr(seq_lens), _q_scale(scale, soft_cap), _f32(soft_cap), _i32(window), _i32(c.num_kv_heads),
+              _i32(info.group), _i32(c.block_size.bit_length() - 1), _i32(c.num_blocks), _i32(partition)]
+    kernel = f"decode_attention_{s}_d{c.head_dim}_g{hpc}" + ("_cap" if soft_cap > 0 else "")
     if splits == 1:
         L.launch("decode_attention", kernel, (rows, ctas_y, 1), (DECODE_THREADS, 1, 1),
                  [Ptr(out), _i64(out.stride(0))] + common + [Ptr(None), Ptr(None)], dev)
@@ -397,12 +419,12 @@ def _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scal
              [Ptr(None), _i64(0)] + common + [Ptr(part_out), Ptr(part_lse)], dev)
     L.launch("decode_attention", f"decode_reduce_{s}_d{c.head_dim}", (rows, info.num_q_heads, 1),
              (c.head_dim, 1, 1),
-             [Ptr(out), _i64(out.stride(0)), Ptr(part_out), Ptr(part_lse), Ptr(seq_lens),
+             [Ptr(out), _i64(out.stride(0)), Ptr(part_out), Ptr(part_lse), Ptr(seq_lens), _i32(window),
               _i32(info.num_q_heads), _i32(splits), _i32(partition)], dev)
 
 
 def _launch_prefill(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, info,
-                    rows, max_query_len):
+                    rows, max_query_len, window: int, soft_cap: float):
     """Prefill rows given by (block_table, seq_lens, query_start_loc[0..rows]) - tensors already
     offset to the first prefill row; query_start_loc values index q and out absolutely."""
     c = info.cache
@@ -412,24 +434,26 @@ def _launch_prefill(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, que
              (tiles, rows, c.num_kv_heads), (PREFILL_THREADS, 1, 1),
              [Ptr(out), _i64(out.stride(0)), Ptr(q), _i64(q.stride(0)), Ptr(k_cache), Ptr(v_cache),
               Ptr(block_table), _i64(block_table.stride(0)), Ptr(seq_lens), Ptr(query_start_loc),
-              _f32(scale * _LOG2E), _i32(c.num_kv_heads), _i32(info.group), _i32(c.block_size.bit_length() - 1),
-              _i32(c.num_blocks)], dev, smem=smem)
+              _q_scale(scale, soft_cap), _f32(soft_cap), _i32(window), _i32(c.num_kv_heads), _i32(info.group),
+              _i32(c.block_size.bit_length() - 1), _i32(c.num_blocks)], dev, smem=smem)
 
 
 def decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: float, max_seq_len: int | None = None, *,
                      sliding_window: int = 0, soft_cap: float = 0.0):
     """q [B, Hq, D] -> [B, Hq, D]. `max_seq_len` (>= every seq_len) sizes the KV split; without
     it the block table's width bounds the length."""
-    if sliding_window or soft_cap or not _compiled_for(k_cache):
+    if not _compiled_for(k_cache):
         return _ref.decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, max_seq_len,
                                      sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_decode(q, k_cache, v_cache, block_table, seq_lens, scale)
+    window, cap = cc.check_attention_options(sliding_window, soft_cap)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
                            seq_lens=seq_lens)
     out = new_output(q.shape, q.dtype, q.device)
     if info.rows:
-        _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, info.rows, max_seq_len)
+        _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, info.rows, max_seq_len,
+                       window, cap)
     return out
 
 
@@ -437,18 +461,19 @@ def prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_lo
                       max_query_len: int | None = None, *, sliding_window: int = 0, soft_cap: float = 0.0):
     """q [T, Hq, D] -> [T, Hq, D], rows of any query length. Without `max_query_len` the grid is
     sized for T tokens in one row (correct, but launches idle CTAs)."""
-    if sliding_window or soft_cap or not _compiled_for(k_cache):
+    if not _compiled_for(k_cache):
         return _ref.prefill_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, max_query_len,
                                       sliding_window=sliding_window, soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale)
+    window, cap = cc.check_attention_options(sliding_window, soft_cap)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
                            seq_lens=seq_lens, query_start_loc=query_start_loc)
     out = new_output(q.shape, q.dtype, q.device)
     if info.rows and info.tokens:
         mq = info.tokens if max_query_len is None else min(int(max_query_len), info.tokens)
         _launch_prefill(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale, info,
-                        info.rows, mq)
+                        info.rows, mq, window, cap)
     return out
 
 
@@ -457,23 +482,73 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
                     soft_cap: float = 0.0):
     """A whole plan: the leading `num_decode_rows` rows (one query each, q rows 0..nd-1) through
     the decode kernel, the rest through the prefill kernel, both writing one [T, Hq, D] output."""
-    if sliding_window or soft_cap or not _compiled_for(k_cache):
+    if not _compiled_for(k_cache):
         return _ref.paged_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows,
                                     scale, max_query_len, max_seq_len, sliding_window=sliding_window,
                                     soft_cap=soft_cap)
     L = get_launcher()
     info = cc.check_paged(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num_decode_rows, scale)
+    window, cap = cc.check_attention_options(sliding_window, soft_cap)
     dev = cc.check_devices(L.device_type, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
                            seq_lens=seq_lens, query_start_loc=query_start_loc)
     nd = operator.index(num_decode_rows)
     out = new_output(q.shape, q.dtype, q.device)
     if nd:
-        _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, nd, max_seq_len)
+        _launch_decode(L, dev, out, q, k_cache, v_cache, block_table, seq_lens, scale, info, nd, max_seq_len, window,
+                       cap)
     rows = info.rows - nd
     if rows and info.tokens > nd:
         mq = info.tokens - nd if max_query_len is None else min(int(max_query_len), info.tokens - nd)
         _launch_prefill(L, dev, out, q, k_cache, v_cache, block_table[nd:], seq_lens[nd:], query_start_loc[nd:],
-                        scale, info, rows, mq)
+                        scale, info, rows, mq, window, cap)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-only quantized products (cuda/quant_matmul.cu; layout and packing in cuda_quant.py).
+
+QUANT_GEMV_MAX_M = 8  # above this many rows: dequantize to the activation dtype, then cuBLAS
+_QUANT_THREADS, _QUANT_ROWS = 128, 4  # cuda/quant_matmul.cu kQuantThreads, kQuantRows
+
+
+def quant_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W^T (+ bias) for a `cuda_quant.QuantizedWeight` W [N, K], x and y
+    float16 or bfloat16 (float32 arithmetic). Up to QUANT_GEMV_MAX_M rows the int4 / int8 codes are
+    dequantized in registers (memory-bound GEMV); above, W is dequantized to x's dtype on the GPU
+    and multiplied by cuBLAS (large M is compute-bound: tensor cores win there)."""
+    L = get_launcher()
+    m, n, k = cc.check_quant_matmul(x, weight, bias)
+    dev = cc.check_devices(L.device_type, x=x, qweight=weight.qweight, scales=weight.scales, mins=weight.mins,
+                           bias=bias)
+    if m > QUANT_GEMV_MAX_M:
+        return torch.nn.functional.linear(x, quant_dequantize(weight, x.dtype), bias)
+    out = new_output((m, n), x.dtype, x.device)
+    if m == 0:
+        return out
+    if not (cc.is_aligned16(x) and (m == 1 or (x.stride(0) * x.element_size()) % 16 == 0)):
+        x = x.clone()  # (a fresh allocation is aligned)
+    rows = next(r for r in (1, 2, 4, 8) if m <= r)
+    fmt = "q4" if weight.bits == 4 else "q8"
+    L.launch("quant_matmul", f"quant_gemv_{fmt}_{cc.dtype_suffix(x.dtype)}_m{rows}",
+             (-(-n // _QUANT_ROWS), 1, 1), (_QUANT_THREADS, 1, 1),
+             [Ptr(out), _i64(n), Ptr(x), _i64(x.stride(0)), Ptr(weight.qweight), Ptr(weight.scales),
+              Ptr(weight.mins), Ptr(bias), _i32(m), _i32(n), _i32(k)], dev)
+    return out
+
+
+def quant_dequantize(weight, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """W [N, K] of a `cuda_quant.QuantizedWeight` in `dtype` (float16 or bfloat16), on its device."""
+    L = get_launcher()
+    n, k = cc.check_quant_weight(weight)
+    if dtype not in cc.QUANT_ACT_DTYPES:
+        raise TypeError(f"dtype: {dtype} is not supported (float16, bfloat16)")
+    dev = cc.check_devices(L.device_type, qweight=weight.qweight, scales=weight.scales, mins=weight.mins)
+    out = new_output((n, k), dtype, dev)
+    items = n * (k // 32)
+    fmt = "q4" if weight.bits == 4 else "q8"
+    L.launch("quant_matmul", f"quant_dequant_{fmt}_{cc.dtype_suffix(dtype)}", (min(-(-items // 256), 1 << 20), 1, 1),
+             (256, 1, 1), [Ptr(out), Ptr(weight.qweight), Ptr(weight.scales), Ptr(weight.mins), _i32(n), _i32(k)],
+             dev)
     return out
 
 

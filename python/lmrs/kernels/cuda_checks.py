@@ -16,6 +16,8 @@ Layout rules the kernels rely on (see cuda/*.cu):
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import operator
 
 import torch
@@ -175,7 +177,7 @@ def check_norm(x, weight, residual=None, out_dtype=None) -> int:
 
 
 def check_silu_and_mul(x) -> int:
-    """x [..., 2I] contiguous -> I."""
+    """x [..., 2I] contiguous -> I (also for gelu_tanh_and_mul)."""
     check_float("x", x)
     if x.dim() < 1 or x.shape[-1] % 2:
         raise ValueError(f"x: last dim must be even ([..., 2 * intermediate]), got shape {tuple(x.shape)}")
@@ -195,8 +197,39 @@ def _as_heads(name: str, t: torch.Tensor, head_dim: int) -> torch.Tensor:
     return t
 
 
-def check_rotary(positions, q, k, cos_sin_cache, head_dim) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns q and k viewed as [T, H, D]."""
+def check_rotary_dim(rotary_dim, head_dim: int) -> int:
+    """The rotated dims of a head: `rotary_dim` (a positive even int <= head_dim) or head_dim for
+    None."""
+    if rotary_dim is None:
+        return head_dim
+    try:
+        rot = operator.index(rotary_dim) if not isinstance(rotary_dim, bool) else 0
+    except TypeError:
+        rot = 0
+    if not 0 < rot <= head_dim or rot % 2:
+        raise ValueError(f"rotary_dim: expected a positive even int <= head_dim {head_dim}, got {rotary_dim!r}")
+    return rot
+
+
+def check_attention_options(sliding_window, soft_cap) -> tuple[int, float]:
+    """(sliding_window, soft_cap) of the attention ops: an int >= 0 and a finite number >= 0 (0 is
+    off for both). Shared by the CPU backend."""
+    if sliding_window == 0 and soft_cap == 0:  # the common case, cheaply
+        return 0, 0.0
+    try:
+        window = operator.index(sliding_window) if not isinstance(sliding_window, bool) else -1
+    except TypeError:
+        window = -1
+    if window < 0 or window >= 2**31:
+        raise ValueError(f"sliding_window: expected an int >= 0 (0: no window), got {sliding_window!r}")
+    if isinstance(soft_cap, (bool, torch.Tensor)) or not isinstance(soft_cap, numbers.Real) or not 0 <= soft_cap < math.inf:
+        raise ValueError(f"soft_cap: expected a finite number >= 0 (0: no capping), got {soft_cap!r}")
+    return window, float(soft_cap)
+
+
+def check_rotary(positions, q, k, cos_sin_cache, head_dim, rotary_dim=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns q and k viewed as [T, H, D]. `cos_sin_cache` has `rotary_dim` (None: head_dim)
+    columns."""
     _tensor("positions", positions)
     if positions.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"positions: expected dtype torch.int32 or torch.int64, got {positions.dtype}")
@@ -209,10 +242,11 @@ def check_rotary(positions, q, k, cos_sin_cache, head_dim) -> tuple[torch.Tensor
         raise TypeError(f"cos_sin_cache: expected dtype torch.float32, got {cos_sin_cache.dtype}")
     if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim: expected a positive even int, got {head_dim!r}")
+    rot = check_rotary_dim(rotary_dim, head_dim)
     check_ndim("cos_sin_cache", cos_sin_cache, 2)
-    if cos_sin_cache.shape[1] != head_dim:
+    if cos_sin_cache.shape[1] != rot:
         raise ValueError(
-            f"cos_sin_cache: expected {head_dim} columns (cos | sin for head_dim {head_dim}), got shape "
+            f"cos_sin_cache: expected {rot} columns (cos | sin for {rot} rotated dims), got shape "
             f"{tuple(cos_sin_cache.shape)}"
         )
     check_contiguous("cos_sin_cache", cos_sin_cache)
@@ -304,3 +338,67 @@ def check_paged(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, num
     if nd > info.tokens:
         raise ValueError(f"num_decode_rows: {nd} decode rows but q has only {info.tokens} tokens")
     return info
+
+
+QUANT_ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_quant_weight(weight) -> tuple[int, int]:
+    """A `cuda_quant.QuantizedWeight` with consistent, contiguous, 16-byte aligned parts. Returns
+    (n, k)."""
+    from lmrs.kernels.cuda_quant import GROUP, QuantizedWeight
+
+    if not isinstance(weight, QuantizedWeight):
+        raise TypeError(f"weight: expected a lmrs.kernels.cuda_quant.QuantizedWeight, got {type(weight).__name__}")
+    if weight.bits not in (4, 8):
+        raise ValueError(f"weight: bits must be 4 or 8, got {weight.bits!r}")
+    qw, sc = _tensor("weight.qweight", weight.qweight), _tensor("weight.scales", weight.scales)
+    code_dtype = torch.uint8 if weight.bits == 4 else torch.int8
+    if qw.dtype != code_dtype:
+        raise TypeError(f"weight.qweight: expected dtype {code_dtype} for {weight.bits}-bit codes, got {qw.dtype}")
+    if sc.dtype != torch.float16:
+        raise TypeError(f"weight.scales: expected dtype torch.float16, got {sc.dtype}")
+    check_ndim("weight.qweight", qw, 2)
+    check_ndim("weight.scales", sc, 2)
+    n, groups = sc.shape
+    k = groups * GROUP
+    per_row = k // 2 if weight.bits == 4 else k
+    if n < 1 or groups < 1 or tuple(qw.shape) != (n, per_row):
+        raise ValueError(f"weight.qweight: expected shape ({n}, {per_row}) for scales of shape {tuple(sc.shape)}, "
+                         f"got {tuple(qw.shape)}")
+    parts = [("weight.qweight", qw), ("weight.scales", sc)]
+    if weight.bits == 4:
+        mins = _tensor("weight.mins", weight.mins)
+        if mins.dtype != torch.float16 or tuple(mins.shape) != (n, groups):
+            raise ValueError(f"weight.mins: expected float16 of shape ({n}, {groups}), got {mins.dtype} "
+                             f"{tuple(mins.shape)}")
+        parts.append(("weight.mins", mins))
+    elif weight.mins is not None:
+        raise ValueError("weight.mins: 8-bit weights have no mins (w = scale * q)")
+    for name, t in parts:
+        check_contiguous(name, t)
+    if not is_aligned16(qw):
+        raise ValueError("weight.qweight: must be 16-byte aligned")
+    if n >= 2**31 or k >= 2**31:
+        raise ValueError(f"weight: shape ({n}, {k}) is too large")
+    return n, k
+
+
+def check_quant_matmul(x, weight, bias=None) -> tuple[int, int, int]:
+    """x [M, K] (float16 / bfloat16, unit stride along K) times a quantized weight [N, K], optional
+    bias [N] in x's dtype. Returns (M, N, K)."""
+    n, k = check_quant_weight(weight)
+    _tensor("x", x)
+    if x.dtype not in QUANT_ACT_DTYPES:
+        raise TypeError(f"x: dtype {x.dtype} is not supported by the quantized product (float16, bfloat16)")
+    check_ndim("x", x, 2)
+    if x.shape[1] != k:
+        raise ValueError(f"x: {x.shape[1]} input features (dim 1) but the weight has {k}")
+    if x.shape[0] > 1 and k > 1 and x.stride(1) != 1:
+        raise ValueError(f"x: rows must be contiguous (stride(1) == 1), got strides {tuple(x.stride())}")
+    if bias is not None:
+        check_float("bias", bias, x.dtype)
+        if bias.dim() != 1 or bias.shape[0] != n:
+            raise ValueError(f"bias: expected shape ({n},), got {tuple(bias.shape)}")
+        check_contiguous("bias", bias)
+    return x.shape[0], n, k

@@ -1,0 +1,1 @@
+../../../../cuda/quant_matmul.cu
