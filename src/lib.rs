@@ -8,6 +8,7 @@ pub mod id_map;
 pub mod invariants;
 pub mod plan;
 mod py_core;
+mod py_gguf_kernels;
 mod py_kernels;
 pub mod schedule_step;
 pub mod scheduler;
