@@ -141,7 +141,7 @@ pub fn nibble_table(t: GgufType) -> [f32; 16] {
     out
 }
 
-/// Hand `f(i, v)` the code values of group g of a tile block, for i = 0..group: lane j of v is
+/// Hand `f(i, v)` (an `#[inline(always)]` closure: it runs in the caller's instruction set) the code values of group g of a tile block, for i = 0..group: lane j of v is
 /// q[j][g * group + i] - zp (Q8_0: the signed code).
 ///
 /// # Safety
@@ -151,7 +151,7 @@ pub unsafe fn decode_group<S: QuantIsa, const Q: u8, F: FnMut(usize, S::V)>(
     blk: *const u8,
     g: usize,
     table: S::V,
-    f: &mut F,
+    mut f: F,
 ) {
     let t = ty::<Q>();
     let gk = t.group();

@@ -278,7 +278,7 @@ mod kernel {
                     _mm512_storeu_ps(s.offsets.as_mut_ptr().add((gi * NB + c) * TILE), of);
                     let pair0 = (b * kb + g * gk - k0) / 2;
                     let mut even = _mm512_setzero_si512();
-                    decode_group::<Avx512, Q, _>(blk, g, table, &mut |i, v| {
+                    decode_group::<Avx512, Q, _>(blk, g, table, #[inline(always)] |i, v| {
                         // codes are small integers: their float32 high halves are exact bfloat16
                         let v = _mm512_castps_si512(v);
                         if i % 2 == 0 {
@@ -316,14 +316,18 @@ mod kernel {
                 }
             }
         }
-        let xp: [*const u16; R] = std::array::from_fn(|r| x.x.add((r0 + r) * x.stride + k0));
+        let mut xp = [std::ptr::null::<u16>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x.x.add((r0 + r) * x.stride + k0);
+        }
         for g in 0..(k1 - k0) / gk {
             let mut acc = [[_mm512_setzero_ps(); NB]; R];
             for pp in 0..gk / 2 {
                 let pair = g * gk / 2 + pp;
-                let w: [__m512i; NB] = std::array::from_fn(|c| {
-                    _mm512_loadu_si512(codes.add((pair * NB + c) * 2 * TILE) as *const _)
-                });
+                let mut w = [_mm512_setzero_si512(); NB];
+                for (c, wc) in w.iter_mut().enumerate() {
+                    *wc = _mm512_loadu_si512(codes.add((pair * NB + c) * 2 * TILE) as *const _);
+                }
                 for r in 0..R {
                     let xb = D::bcast(xp[r].add(2 * pair));
                     for c in 0..NB {

@@ -47,7 +47,10 @@ unsafe fn gemv_tiles<S: QuantIsa, const Q: u8, const M: usize>(
     } else {
         1
     };
-    let xr: [*const f32; M] = std::array::from_fn(|r| x.row(r));
+    let mut xr = [std::ptr::null::<f32>(); M];
+    for (r, p) in xr.iter_mut().enumerate() {
+        *p = x.row(r);
+    }
     for tile in t0..t1 {
         let base = (a.packed as *const u8).add(tile * blocks * bb);
         let mut y = [S::zero(); M];
@@ -57,7 +60,7 @@ unsafe fn gemv_tiles<S: QuantIsa, const Q: u8, const M: usize>(
                 prefetch(blk.wrapping_add(g * group_bytes + PREFETCH_AHEAD), group_bytes);
                 let k0 = b * kb + g * gk;
                 let mut acc = [[S::zero(); 4]; M];
-                decode_group::<S, Q, _>(blk, g, table, &mut |i, v| {
+                decode_group::<S, Q, _>(blk, g, table, #[inline(always)] |i, v| {
                     let c = i % chains;
                     for r in 0..M {
                         acc[r][c] = S::fmadd(v, S::splat(*xr[r].add(k0 + i)), acc[r][c]);

@@ -150,9 +150,11 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
         let rows = (a.m - r0).min(ROW_BLOCK);
         let threads = threads_for(rows * a.n * a.k / 4, panels, a.threads);
         PREPARED.with(|p| {
-            let x = prepare(a, r0, rows, false, &mut p.borrow_mut());
+            let mut p = p.borrow_mut();
+            gguf_gemm::pack_x(a, r0, rows, &mut p.x32);
+            let x = gguf_gemm::PackedRows(p.x32.as_ptr());
             parallel_for(panels, threads, |_| 1, |r| {
-                gguf_gemm::run(a, &x, r0, rows, r.start, r.end)
+                gguf_gemm::run(a, x, r0, rows, r.start, r.end)
             });
         });
         r0 += rows;

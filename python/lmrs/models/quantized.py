@@ -27,7 +27,7 @@ import torch
 from lmrs import _core
 from lmrs.kernels import cpu as _cpu
 
-__all__ = ["QuantizedTensor", "QuantizedLinear", "QuantizedEmbedding", "KEPT_QUANTIZED", "ggml_type"]
+__all__ = ["QuantizedTensor", "QuantizedLinear", "QuantizedEmbedding", "KEPT_QUANTIZED", "ggml_type", "prefers_float32"]
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -273,17 +273,24 @@ class QuantizedTensor:
         return result
 
 
+#: rows up to which products stream the weight (memory-bound; float32 activations cost nothing extra)
+STREAMING_ROWS = 8
+
+
 def native_bf16() -> bool:
     """Whether the large-batch products have AVX512-BF16 (bfloat16 activations then run twice as fast as
     float32 ones); without it every product converts to float32 anyway."""
     return _core.cpu_kernels_isa() == "avx512bf16"
 
 
+def prefers_float32(rows: int) -> bool:
+    """Whether float32 activations cost no more than bfloat16 ones in a product of `rows` rows: always for
+    streaming products, and for larger ones unless AVX512-BF16 makes bfloat16 activations faster."""
+    return rows <= STREAMING_ROWS or not native_bf16()
+
+
 class QuantizedLinear:
     """y = x @ W.T (+ b) with W kept quantized: the ``models.linear.Linear`` interface over row segments."""
-
-    #: rows up to which products stream the weight with float32 activations (memory-bound)
-    STREAMING_ROWS = 8
 
     def __init__(self, weight: QuantizedTensor | Sequence[QuantizedTensor], bias: torch.Tensor | None = None):
         parts = [weight] if isinstance(weight, QuantizedTensor) else list(weight)
@@ -320,9 +327,9 @@ class QuantizedLinear:
         return False
 
     def accepts_float32(self, rows: int) -> bool:
-        """Whether float32 activations cost no more than bfloat16 ones for `rows` rows: always for streaming
-        products, and for larger ones unless AVX512-BF16 makes bfloat16 activations faster."""
-        return rows <= self.STREAMING_ROWS or not native_bf16()
+        """Whether a product of `rows` rows should take float32 activations (it returns float32 then): see
+        :func:`prefers_float32`. Any dtype is accepted at any row count."""
+        return prefers_float32(rows)
 
     @property
     def nbytes(self) -> int:
