@@ -13,14 +13,15 @@ faster) and, at M = 1, the GB/s the quantized product streams its packed bytes a
 Activations are what the model would feed: float32 where `quantized.prefers_float32(M)` says float32
 costs no more (streaming products, and every product without AVX512-BF16), else bfloat16. Weights rotate
 through enough copies that one pass exceeds the last-level cache, as in a real decode step (every weight
-comes from DRAM); each time is the best of several rounds of back-to-back calls (the machine is shared).
+comes from DRAM); each time is the median of many single calls (the machine is shared: a mean would include the stalls
+of descheduled threads).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 import os
 import sys
 import time
@@ -58,22 +59,23 @@ def random_gguf(fmt: str, n: int, k: int, rng) -> np.ndarray:
     return raw.reshape(n, -1)
 
 
-def best_time(fn, copies: int, budget: float) -> float:
-    """Best over rounds of the mean seconds per call, cycling through `copies` inputs."""
+def call_time(fn, copies: int, budget: float) -> float:
+    """Median seconds of one call, cycling through `copies` inputs: the median of single calls is robust
+    to the stalls of a shared machine (a thread of a parallel call descheduled), a mean is not."""
     for i in range(min(copies, 3)):
         fn(i)
-    t0 = time.perf_counter()
-    fn(0)
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(copies, min(200, int(0.05 / one) + 1))
-    rounds = max(3, min(9, int(budget / (calls * one)) + 1))
-    best = math.inf
-    for _ in range(rounds):
+    times: list[float] = []
+    end = time.perf_counter() + budget
+    i = 0
+    while len(times) < 2000:
         t0 = time.perf_counter()
-        for i in range(calls):
-            fn(i % copies)
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
+        fn(i % copies)
+        times.append(time.perf_counter() - t0)
+        i += 1
+        enough = 7 if times[0] > 0.05 else max(15, min(copies, 200))
+        if len(times) >= enough and time.perf_counter() >= end:
+            break
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -102,6 +104,8 @@ def main() -> None:
         # K-quants need k to be a multiple of 256 (llama.cpp falls back to other types otherwise)
         weights = {f: QuantizedTensor.from_gguf_bytes(random_gguf(f, n, k, rng), f, (n, k)) for f in formats
                    if k % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[f]][0] == 0}
+        rotations = {f: [w] + [QuantizedTensor(w.qtype, w.shape, w.packed.clone())
+                               for _ in range(max(1, min(64, rotate // w.nbytes)) - 1)] for f, w in weights.items()}
         dense = torch.randn(n, k) * 0.02  # peers: a dense weight of the same shape
         bf16_copies = max(1, min(64, rotate // (n * k * 2)))
         f32_copies = max(1, min(64, rotate // (n * k * 4)))
@@ -116,32 +120,29 @@ def main() -> None:
         for m in rows_list:
             x32 = torch.randn(m, k)
             xb = x32.bfloat16()
-            t_bf16 = best_time(lambda i: torch.ops.mkldnn._linear_pointwise(xb, packed_bf16[i], None, "none", [], ""),
+            t_bf16 = call_time(lambda i: torch.ops.mkldnn._linear_pointwise(xb, packed_bf16[i], None, "none", [], ""),
                                bf16_copies, budget)
-            t_f32 = best_time(lambda i: F.linear(x32, dense_f32[i]), f32_copies, budget)
+            t_f32 = call_time(lambda i: F.linear(x32, dense_f32[i]), f32_copies, budget)
             use_f32 = prefers_float32(m)
             line = f"{m:>4} {'f32' if use_f32 else 'bf16':>4} {t_bf16 * 1e3:>8.3f} {t_f32 * 1e3:>8.3f} |"
             xq = x32 if use_f32 else xb
             for f in formats:
-                w = weights.get(f)
-                if w is None:
+                if f not in weights:
                     line += f" {'n/a':>9} {'':>6} {'':>6} |"
                     continue
-                copies = max(1, min(64, rotate // w.nbytes))
-                ws = [w] + [QuantizedTensor(w.qtype, w.shape, w.packed.clone()) for _ in range(copies - 1)]
-                t_q = best_time(lambda i: ws[i].matmul(xq), copies, budget)
+                w, ws = weights[f], rotations[f]
+                t_q = call_time(lambda i: ws[i].matmul(xq), len(ws), budget)
                 gbs = w.nbytes / t_q / 1e9
                 line += f" {t_q * 1e3:>9.3f} {t_bf16 / t_q:>6.2f} {t_f32 / t_q:>6.2f} |"
                 results.append({"shape": label, "n": n, "k": k, "m": m, "format": f, "x": "f32" if use_f32 else "bf16",
                                 "quant_s": t_q, "dense_bf16_s": t_bf16, "dense_f32_s": t_f32,
                                 "packed_bytes": w.nbytes, "packed_gb_s": gbs})
-                del ws
             print(line, flush=True)
         gb = [r for r in results if r["shape"] == label and r["m"] == 1]
         if gb:
             print("  M=1 GB/s of packed bytes: " + ", ".join(f"{r['format']} {r['packed_gb_s']:.1f}" for r in gb)
                   + f"  (dense bf16: {n * k * 2 / next(r['dense_bf16_s'] for r in gb) / 1e9:.1f})")
-        del packed_bf16, dense_f32, weights
+        del packed_bf16, dense_f32, weights, rotations
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"isa": _core.cpu_kernels_isa(), "threads": torch.get_num_threads(), "results": results}, fh,

@@ -257,3 +257,69 @@ def test_smollm2_loads_without_float_copies(smollm2_path):
         x = torch.randn(m, 576)
         want, mag = reference(x, w)
         assert ((gate.matmul(x).double() - want).abs() <= 1e-5 * mag + 1e-6).all()
+
+
+def test_threads_do_not_change_results():
+    """Every tile / panel is computed the same way whichever thread takes it: one thread and all of them
+    agree bit for bit, on the streaming path (a weight large enough to split) and on the panel path."""
+    qt = QuantizedTensor.from_gguf_bytes(gguf_bytes(T.Q4_K, 4096, 1024, 50), T.Q4_K, (4096, 1024))
+    g = torch.Generator().manual_seed(51)
+    old = cpu.THREADS
+    try:
+        for m in (1, 30):
+            x = torch.randn(m, 1024, generator=g)
+            cpu.THREADS = 1
+            one = qt.matmul(x)
+            cpu.THREADS = 0
+            assert torch.equal(qt.matmul(x).view(torch.int32), one.view(torch.int32))
+    finally:
+        cpu.THREADS = old
+
+
+def test_loader_keeps_quantized_types_and_reads_the_rest(tmp_path, caplog):
+    from lmrs.models.errors import CorruptModelError, UnsupportedQuantizationError
+
+    rng = np.random.default_rng(60)
+    q2k = rng.integers(0, 256, (16, 84), dtype=np.uint8)  # Q2_K: 16 rows of one 84-byte block
+    q2k[:, 80:84] = rng.uniform(0.001, 0.01, (16, 2)).astype(np.float16).view(np.uint8)
+    tensors = {
+        "blk.0.attn_q.weight": (gguf_bytes(T.Q4_K, 32, 256, 61), T.Q4_K),
+        "blk.0.attn_v.weight": (gguf_bytes(T.Q6_K, 16, 256, 62), T.Q6_K),
+        "blk.0.attn_k.weight": (q2k, T.Q2_K),
+        "blk.0.attn_norm.weight": (rng.standard_normal(256).astype(np.float32), None),
+        "token_embd.weight": (rng.standard_normal((8, 256)).astype(np.float16), None),
+        "output.weight": (rng.standard_normal((8, 256)).astype(np.float32).view(np.uint32).__rshift__(16)
+                          .astype(np.uint16).view(np.uint8).reshape(8, 512), T.BF16),
+    }
+    path = tmp_path / "mix.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (data, raw_dtype) in tensors.items():
+        w.add_tensor(name, data, raw_dtype=raw_dtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    with caplog.at_level("WARNING"):
+        loaded = load_gguf_tensors(path)
+    t = loaded.tensors
+    assert loaded.types["blk.0.attn_q.weight"] == "Q4_K" and isinstance(t["blk.0.attn_q.weight"], QuantizedTensor)
+    assert t["blk.0.attn_q.weight"].shape == (32, 256) and t["blk.0.attn_v.weight"].type_name == "Q6_K"
+    assert np.array_equal(t["blk.0.attn_v.weight"].to_gguf_bytes(), tensors["blk.0.attn_v.weight"][0])
+    assert t["blk.0.attn_norm.weight"].dtype == torch.float32 and t["blk.0.attn_norm.weight"].shape == (256,)
+    assert t["token_embd.weight"].dtype == torch.float16 and t["token_embd.weight"].shape == (8, 256)
+    out = t["output.weight"]
+    assert out.dtype == torch.bfloat16 and out.shape == (8, 256)
+    assert np.array_equal(out.view(torch.int16).numpy().view(np.uint8), tensors["output.weight"][0].reshape(8, 512))
+    # Q2_K is not kept quantized: dequantized to float32, and said so
+    assert loaded.dequantized == ["blk.0.attn_k.weight"]
+    assert torch.equal(t["blk.0.attn_k.weight"], torch.from_numpy(gguf.quants.dequantize(q2k, T.Q2_K)))
+    assert "dequantized to float32" in caplog.text
+    assert loaded.nbytes == sum(v.nbytes if isinstance(v, QuantizedTensor) else v.numel() * v.element_size()
+                                for v in t.values())
+    with pytest.raises(UnsupportedQuantizationError, match="blk.0.attn_k.weight.*Q2_K"):
+        load_gguf_tensors(path, unsupported="error")
+    only = load_gguf_tensors(path, names=["blk.0.attn_q.weight"])
+    assert list(only.tensors) == ["blk.0.attn_q.weight"]
+    with pytest.raises(CorruptModelError, match="no tensor"):
+        load_gguf_tensors(path, names=["blk.9.attn_q.weight"])
