@@ -12,10 +12,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::cpu_kernels::gguf_gemm_bf16;
-use crate::cpu_kernels::gguf_head::{refine_top_logits_quant, QuantRefineArgs};
 use crate::cpu_kernels::gguf_layout::{gguf_row_bytes, packed_bytes, GgufType};
 use crate::cpu_kernels::gguf_matmul::{gguf_matmul, GgufMatmulArgs};
-use crate::cpu_kernels::gguf_rows::{copy_rows, dequantize_rows, pack, unpack_rows};
+use crate::cpu_kernels::gguf_rows::{
+    copy_rows, dequantize_rows, pack, refine_top_logits_quant, unpack_rows, QuantRefineArgs,
+};
 use crate::cpu_kernels::{slice_from, DType};
 
 fn gguf_type(code: u32) -> PyResult<GgufType> {

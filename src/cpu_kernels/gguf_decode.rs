@@ -120,14 +120,38 @@ pub fn type_index(t: GgufType) -> u8 {
 macro_rules! with_gguf_type {
     ($t:expr, $q:ident => $body:expr) => {
         match $crate::cpu_kernels::gguf_decode::type_index($t) {
-            0 => { const $q: u8 = 0; $body }
-            1 => { const $q: u8 = 1; $body }
-            2 => { const $q: u8 = 2; $body }
-            3 => { const $q: u8 = 3; $body }
-            4 => { const $q: u8 = 4; $body }
-            5 => { const $q: u8 = 5; $body }
-            6 => { const $q: u8 = 6; $body }
-            _ => { const $q: u8 = 7; $body }
+            0 => {
+                const $q: u8 = 0;
+                $body
+            }
+            1 => {
+                const $q: u8 = 1;
+                $body
+            }
+            2 => {
+                const $q: u8 = 2;
+                $body
+            }
+            3 => {
+                const $q: u8 = 3;
+                $body
+            }
+            4 => {
+                const $q: u8 = 4;
+                $body
+            }
+            5 => {
+                const $q: u8 = 5;
+                $body
+            }
+            6 => {
+                const $q: u8 = 6;
+                $body
+            }
+            _ => {
+                const $q: u8 = 7;
+                $body
+            }
         }
     };
 }

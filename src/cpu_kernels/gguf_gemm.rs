@@ -46,7 +46,6 @@ pub fn pack_x(a: &GgufMatmulArgs, r0: usize, rows: usize, buf: &mut Vec<f32>) {
     }
 }
 
-
 /// Per-thread panel and output accumulators.
 #[derive(Default)]
 struct Scratch {
@@ -149,14 +148,20 @@ unsafe fn decode_panel<S: QuantIsa, const Q: u8>(
             let blk = base.add(b * bb);
             let (s, o) = scale_offset::<S, Q>(blk, g);
             let kk0 = gi * gk - k0;
-            decode_group::<S, Q, _>(blk, g, table, #[inline(always)] |i, v| {
-                let w = if t.has_offset() {
-                    S::fmadd(v, s, o)
-                } else {
-                    S::mul(v, s)
-                };
-                S::store_f32(out.add(((kk0 + i) * NB + c) * TILE), w);
-            });
+            decode_group::<S, Q, _>(
+                blk,
+                g,
+                table,
+                #[inline(always)]
+                |i, v| {
+                    let w = if t.has_offset() {
+                        S::fmadd(v, s, o)
+                    } else {
+                        S::mul(v, s)
+                    };
+                    S::store_f32(out.add(((kk0 + i) * NB + c) * TILE), w);
+                },
+            );
         }
     }
 }

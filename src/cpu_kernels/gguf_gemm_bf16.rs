@@ -168,27 +168,48 @@ mod kernel {
                 sums_stride: groups,
             };
             let threads = threads_for(rows * a.n * a.k / 4, panels, a.threads);
-            parallel_for(panels, threads, |_| 1, |p| {
-                SCRATCH.with(|s| {
-                    let mut s = s.borrow_mut();
-                    if native {
-                        panels_native(a, &xr, r0, rows, p.start, p.end, &mut s)
-                    } else {
-                        panels_emulated(a, &xr, r0, rows, p.start, p.end, &mut s)
-                    }
-                })
-            });
+            parallel_for(
+                panels,
+                threads,
+                |_| 1,
+                |p| {
+                    SCRATCH.with(|s| {
+                        let mut s = s.borrow_mut();
+                        if native {
+                            panels_native(a, &xr, r0, rows, p.start, p.end, &mut s)
+                        } else {
+                            panels_emulated(a, &xr, r0, rows, p.start, p.end, &mut s)
+                        }
+                    })
+                },
+            );
             r0 += rows;
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")]
-    unsafe fn panels_native(a: &GgufMatmulArgs, x: &Rows, row0: usize, rows: usize, p0: usize, p1: usize, s: &mut Scratch) {
+    unsafe fn panels_native(
+        a: &GgufMatmulArgs,
+        x: &Rows,
+        row0: usize,
+        rows: usize,
+        p0: usize,
+        p1: usize,
+        s: &mut Scratch,
+    ) {
         with_gguf_type!(a.ty, Q => panels::<Native, Q>(a, x, row0, rows, p0, p1, s))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")]
-    unsafe fn panels_emulated(a: &GgufMatmulArgs, x: &Rows, row0: usize, rows: usize, p0: usize, p1: usize, s: &mut Scratch) {
+    unsafe fn panels_emulated(
+        a: &GgufMatmulArgs,
+        x: &Rows,
+        row0: usize,
+        rows: usize,
+        p0: usize,
+        p1: usize,
+        s: &mut Scratch,
+    ) {
         with_gguf_type!(a.ty, Q => panels::<Emulated, Q>(a, x, row0, rows, p0, p1, s))
     }
 
@@ -260,11 +281,20 @@ mod kernel {
         for c in 0..NB {
             if c >= nt {
                 for pair in 0..(k1 - k0) / 2 {
-                    _mm512_storeu_si512(codes.add((pair * NB + c) * 2 * TILE) as *mut _, _mm512_setzero_si512());
+                    _mm512_storeu_si512(
+                        codes.add((pair * NB + c) * 2 * TILE) as *mut _,
+                        _mm512_setzero_si512(),
+                    );
                 }
                 for g in 0..(k1 - k0) / gk {
-                    _mm512_storeu_ps(s.scales.as_mut_ptr().add((g * NB + c) * TILE), _mm512_setzero_ps());
-                    _mm512_storeu_ps(s.offsets.as_mut_ptr().add((g * NB + c) * TILE), _mm512_setzero_ps());
+                    _mm512_storeu_ps(
+                        s.scales.as_mut_ptr().add((g * NB + c) * TILE),
+                        _mm512_setzero_ps(),
+                    );
+                    _mm512_storeu_ps(
+                        s.offsets.as_mut_ptr().add((g * NB + c) * TILE),
+                        _mm512_setzero_ps(),
+                    );
                 }
                 continue;
             }
@@ -278,17 +308,23 @@ mod kernel {
                     _mm512_storeu_ps(s.offsets.as_mut_ptr().add((gi * NB + c) * TILE), of);
                     let pair0 = (b * kb + g * gk - k0) / 2;
                     let mut even = _mm512_setzero_si512();
-                    decode_group::<Avx512, Q, _>(blk, g, table, #[inline(always)] |i, v| {
-                        // codes are small integers: their float32 high halves are exact bfloat16
-                        let v = _mm512_castps_si512(v);
-                        if i % 2 == 0 {
-                            even = _mm512_srli_epi32::<16>(v);
-                        } else {
-                            let pair = _mm512_or_si512(even, _mm512_and_si512(v, high));
-                            let at = codes.add(((pair0 + i / 2) * NB + c) * 2 * TILE);
-                            _mm512_storeu_si512(at as *mut _, pair);
-                        }
-                    });
+                    decode_group::<Avx512, Q, _>(
+                        blk,
+                        g,
+                        table,
+                        #[inline(always)]
+                        |i, v| {
+                            // codes are small integers: their float32 high halves are exact bfloat16
+                            let v = _mm512_castps_si512(v);
+                            if i % 2 == 0 {
+                                even = _mm512_srli_epi32::<16>(v);
+                            } else {
+                                let pair = _mm512_or_si512(even, _mm512_and_si512(v, high));
+                                let at = codes.add(((pair0 + i / 2) * NB + c) * 2 * TILE);
+                                _mm512_storeu_si512(at as *mut _, pair);
+                            }
+                        },
+                    );
                 }
             }
         }

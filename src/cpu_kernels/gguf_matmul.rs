@@ -1,9 +1,11 @@
 //! y [m, n] = x [m, k] @ W.T (+ bias) with W a tiled GGUF weight (`gguf_layout`), for any m.
 //!
 //! Two regimes, picked by the number of rows:
-//! - m <= [`GEMV_MAX_ROWS`] (decode batches): memory-bound. `gguf_gemv` streams the packed
-//!   bytes once, decodes each group's codes in registers and accumulates every row with float32
-//!   FMAs against float32 activations; per group y += S * sum(x q) (+ O * sum(x)).
+//! - m <= [`GEMV_MAX_ROWS`] (decode batches): memory-bound. The streaming kernel below reads
+//!   the packed bytes once, in order, decodes each group's codes in registers (`gguf_decode`)
+//!   and accumulates every row with float32 FMAs against float32 activations; per group and
+//!   row y += S * sum(x c) (+ O * sum(x)). With one or two rows the sums run on several
+//!   independent accumulators so the FMA latency does not bound the stream.
 //! - larger m (prefill chunks, big batches): compute-bound. Rows go in blocks of [`ROW_BLOCK`];
 //!   for each block the weight is decoded once per panel of 64 outputs and reused by every row:
 //!   `gguf_gemm` dequantizes the panel exactly to float32 and runs an FMA microkernel (6 rows x 64
@@ -16,11 +18,12 @@
 
 use std::cell::RefCell;
 
+use super::gguf_decode::{decode_group, nibble_table, scale_offset, ty, QuantIsa};
 use super::gguf_layout::{check_shape, GgufType, TILE};
 use super::parallel::{parallel_for, threads_for};
-use super::simd::{Elem, Isa};
-use super::{gguf_gemm, gguf_gemm_bf16, gguf_gemv, DType};
-use crate::with_elem;
+use super::simd::{prefetch, Elem, Isa};
+use super::{gguf_gemm, gguf_gemm_bf16, DType};
+use crate::{dispatch, with_elem, with_gguf_type};
 
 /// Rows up to which the streaming (memory-bound) kernel is used.
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -85,7 +88,13 @@ thread_local! {
 
 /// Rows [r0, r0 + rows) of x as float32 (the input itself when it is float32) with group sums
 /// when `sums` is set.
-unsafe fn prepare(a: &GgufMatmulArgs, r0: usize, rows: usize, sums: bool, p: &mut Prepared) -> XRows {
+unsafe fn prepare(
+    a: &GgufMatmulArgs,
+    r0: usize,
+    rows: usize,
+    sums: bool,
+    p: &mut Prepared,
+) -> XRows {
     let k = a.k;
     let (x, stride) = if a.x_dtype == DType::F32 {
         ((a.x as *const f32).add(r0 * a.x_stride), a.x_stride)
@@ -137,7 +146,7 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
         let threads = threads_for(a.n * a.k * a.m.div_ceil(2) / 4, tiles, a.threads);
         PREPARED.with(|p| {
             let x = prepare(a, 0, a.m, a.ty.has_offset(), &mut p.borrow_mut());
-            parallel_for(tiles, threads, |_| 1, |r| gguf_gemv::run(a, &x, r.start, r.end));
+            parallel_for(tiles, threads, |_| 1, |r| gemv(a, &x, r.start, r.end));
         });
         return Ok(());
     }
@@ -153,9 +162,12 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
             let mut p = p.borrow_mut();
             gguf_gemm::pack_x(a, r0, rows, &mut p.x32);
             let x = gguf_gemm::PackedRows(p.x32.as_ptr());
-            parallel_for(panels, threads, |_| 1, |r| {
-                gguf_gemm::run(a, x, r0, rows, r.start, r.end)
-            });
+            parallel_for(
+                panels,
+                threads,
+                |_| 1,
+                |r| gguf_gemm::run(a, x, r0, rows, r.start, r.end),
+            );
         });
         r0 += rows;
     }
@@ -176,4 +188,89 @@ pub unsafe fn store_row<S: Isa>(a: &GgufMatmulArgs, row: usize, n0: usize, v: S:
         let dst = (a.out as *mut O).add(row * a.out_stride + n0);
         O::store_upto::<S>(dst, S::add(v, bias), cnt);
     })
+}
+
+/// How far ahead (bytes) the next groups' codes are prefetched.
+const PREFETCH_AHEAD: usize = 1536;
+
+/// The streaming product: tiles [t0, t1), all a.m (1..=8) rows.
+fn gemv(a: &GgufMatmulArgs, x: &XRows, t0: usize, t1: usize) {
+    macro_rules! go {
+        ($q:ident, $($m:literal),*) => {
+            match a.m {
+                $($m => dispatch!(gemv_tiles::<$q, $m>(a, x, t0, t1)),)*
+                _ => unreachable!("the streaming product takes 1 to 8 rows"),
+            }
+        };
+    }
+    with_gguf_type!(a.ty, Q => go!(Q, 1, 2, 3, 4, 5, 6, 7, 8))
+}
+
+#[inline(always)]
+unsafe fn gemv_tiles<S: QuantIsa, const Q: u8, const M: usize>(
+    a: &GgufMatmulArgs,
+    x: &XRows,
+    t0: usize,
+    t1: usize,
+) {
+    let t = ty::<Q>();
+    let (kb, gk, bb) = (t.block_values(), t.group(), t.tile_block_bytes());
+    let groups = t.groups_per_block();
+    let group_bytes = bb / groups;
+    let blocks = a.k / kb;
+    let tab = nibble_table(t);
+    let table = S::load_f32(tab.as_ptr());
+    // independent accumulators per row: enough chains in flight for the FMA latency
+    let chains = if M == 1 {
+        4
+    } else if M <= 4 {
+        2
+    } else {
+        1
+    };
+    let mut xr = [std::ptr::null::<f32>(); M];
+    for (r, p) in xr.iter_mut().enumerate() {
+        *p = x.row(r);
+    }
+    for tile in t0..t1 {
+        let base = (a.packed as *const u8).add(tile * blocks * bb);
+        let mut y = [S::zero(); M];
+        for b in 0..blocks {
+            let blk = base.add(b * bb);
+            for g in 0..groups {
+                prefetch(
+                    blk.wrapping_add(g * group_bytes + PREFETCH_AHEAD),
+                    group_bytes,
+                );
+                let k0 = b * kb + g * gk;
+                let mut acc = [[S::zero(); 4]; M];
+                decode_group::<S, Q, _>(
+                    blk,
+                    g,
+                    table,
+                    #[inline(always)]
+                    |i, v| {
+                        let c = i % chains;
+                        for r in 0..M {
+                            acc[r][c] = S::fmadd(v, S::splat(*xr[r].add(k0 + i)), acc[r][c]);
+                        }
+                    },
+                );
+                let (s, o) = scale_offset::<S, Q>(blk, g);
+                for r in 0..M {
+                    let mut sum = acc[r][0];
+                    for ac in acc[r].iter().take(chains).skip(1) {
+                        sum = S::add(sum, *ac);
+                    }
+                    y[r] = S::fmadd(sum, s, y[r]);
+                    if t.has_offset() {
+                        y[r] = S::fmadd(o, S::splat(x.sum(r, k0 / 32)), y[r]);
+                    }
+                }
+            }
+        }
+        for (r, &v) in y.iter().enumerate() {
+            store_row::<S>(a, r, tile * 16, v);
+        }
+    }
 }

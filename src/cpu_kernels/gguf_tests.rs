@@ -6,12 +6,13 @@
 
 use super::elem::{bf16_to_f32, f32_to_bf16, f32_to_f16};
 use super::gguf_gemm_bf16::set_emulation;
-use super::gguf_head::{refine_top_logits_quant, QuantRefineArgs};
 use super::gguf_layout::{
     gguf_decode, gguf_encode, gguf_row_bytes, packed_bytes, BlockVals, GgufType,
 };
 use super::gguf_matmul::{gguf_matmul, GgufMatmulArgs};
-use super::gguf_rows::{copy_rows, dequantize_rows, pack, unpack_rows};
+use super::gguf_rows::{
+    copy_rows, dequantize_rows, pack, refine_top_logits_quant, unpack_rows, QuantRefineArgs,
+};
 use super::logits::{refine_top_logits, RefineArgs};
 use super::simd::{avx512_detected, set_force_portable};
 use super::DType;
@@ -94,8 +95,19 @@ fn packed_of(t: GgufType, raw: &[u8], n: usize, k: usize) -> Vec<u8> {
 fn dequantize_all(t: GgufType, p: &[u8], n: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * k];
     let rows: Vec<i64> = (0..n as i64).collect();
-    unsafe { dequantize_rows(t, p.as_ptr() as usize, n, k, &rows, out.as_mut_ptr() as usize, k, 2) }
-        .unwrap();
+    unsafe {
+        dequantize_rows(
+            t,
+            p.as_ptr() as usize,
+            n,
+            k,
+            &rows,
+            out.as_mut_ptr() as usize,
+            k,
+            2,
+        )
+    }
+    .unwrap();
     out
 }
 
@@ -128,7 +140,12 @@ fn packing_is_lossless_and_dequantizes_exactly() {
         let want = reference_weights(t, &raw, n, k);
         let got = dequantize_all(t, &p, n, k);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), w.to_bits(), "{}: weight {i}: {g} vs {w}", t.name());
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{}: weight {i}: {g} vs {w}",
+                t.name()
+            );
         }
     }
 }
@@ -152,7 +169,10 @@ fn row_copies_permute_and_concatenate() {
         unpack_rows(t, &dst, n, k, &rows, &mut raw).unwrap();
         let rb = gguf_row_bytes(t, k);
         for i in 0..n1 {
-            assert_eq!(raw[i * rb..(i + 1) * rb], r1[(n1 - 1 - i) * rb..(n1 - i) * rb]);
+            assert_eq!(
+                raw[i * rb..(i + 1) * rb],
+                r1[(n1 - 1 - i) * rb..(n1 - i) * rb]
+            );
         }
         assert_eq!(raw[n1 * rb..], r2[..]);
         assert!(copy_rows(t, k, &p1, n1, &[n1 as i64], &mut dst, n, 0).is_err());
@@ -212,7 +232,11 @@ fn check_products(what: &str) {
                     m,
                     n,
                     k,
-                    x: if x_dtype == DType::BF16 { xb.as_ptr() as usize } else { x.as_ptr() as usize },
+                    x: if x_dtype == DType::BF16 {
+                        xb.as_ptr() as usize
+                    } else {
+                        x.as_ptr() as usize
+                    },
                     x_stride: k,
                     x_dtype,
                     out: out.as_mut_ptr() as usize,
@@ -300,10 +324,23 @@ fn refined_logits_equal_the_float32_head() {
                 threads: 2,
             };
             unsafe { refine_top_logits(&fa) }.unwrap();
-            let changed = ours.iter().zip(&approx).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert!(changed >= rows * top / 2, "{isa} {}: only {changed} logits refined", t.name());
+            let changed = ours
+                .iter()
+                .zip(&approx)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert!(
+                changed >= rows * top / 2,
+                "{isa} {}: only {changed} logits refined",
+                t.name()
+            );
             for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "{isa} {}: logit {i}: {a} vs {b}", t.name());
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{isa} {}: logit {i}: {a} vs {b}",
+                    t.name()
+                );
             }
         }
     };

@@ -44,7 +44,7 @@ pub unsafe fn refine_top_logits(a: &RefineArgs) -> Result<(), String> {
 }
 
 /// The `k` largest values seen so far (unordered), with the smallest of them as the threshold.
-/// (Also used by the refinement from quantized rows, `gguf_head`.)
+/// (Also used by the refinement from quantized rows, `gguf_rows`.)
 pub(crate) struct TopK {
     pub(crate) ids: Vec<u32>,
     vals: Vec<f32>,

@@ -12,9 +12,9 @@
 //! Large calls split their rows over threads (`parallel`).
 //!
 //! GGUF weights kept quantized (`gguf_*`): `gguf_layout` (formats and the tiled layout),
-//! `gguf_rows` (packing, row permutation / concatenation, exact dequantization), `gguf_decode`
-//! (codes to vectors), `gguf_matmul` (the product for any number of rows, over `gguf_gemv`,
-//! `gguf_gemm` and `gguf_gemm_bf16`) and `gguf_head` (the output head's refinement).
+//! `gguf_rows` (packing, row permutation / concatenation, exact dequantization, the output
+//! head's refinement), `gguf_decode` (codes to vectors) and `gguf_matmul` (the product for any
+//! number of rows: streaming, then `gguf_gemm` / `gguf_gemm_bf16` for larger batches).
 
 pub mod activation;
 pub mod attention;
@@ -22,8 +22,6 @@ pub mod elem;
 pub mod gguf_decode;
 pub mod gguf_gemm;
 pub mod gguf_gemm_bf16;
-pub mod gguf_gemv;
-pub mod gguf_head;
 pub mod gguf_layout;
 pub mod gguf_matmul;
 pub mod gguf_rows;

@@ -94,7 +94,7 @@ def load_gguf_tensors(path: str | os.PathLike, names: Iterable[str] | None = Non
         types[t.name] = type_name
         if int(t.tensor_type) in KEPT_QUANTIZED and len(shape) >= 2:
             try:
-                tensors[t.name] = QuantizedTensor.from_gguf_bytes(t.data, t.tensor_type, shape)
+                tensors[t.name] = QuantizedTensor.from_reader_tensor(t)
             except ValueError as e:
                 raise CorruptModelError(f"{path}: tensor {t.name!r}: {e}", path) from e
         elif type_name in FLOAT_TYPES:

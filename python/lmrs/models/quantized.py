@@ -90,17 +90,19 @@ def _rows2d(x: torch.Tensor, k: int) -> torch.Tensor:
 class QuantizedTensor:
     """A GGUF-quantized weight [..., out, in] in the kernels' tiled layout (see the module docstring)."""
 
-    __slots__ = ("qtype", "shape", "packed")
+    __slots__ = ("qtype", "shape", "packed", "rows", "_addr")
 
     def __init__(self, qtype, shape: Sequence[int], packed: torch.Tensor):
         self.qtype = ggml_type(qtype)  #: ggml type code
         self.shape = tuple(int(s) for s in shape)  #: logical shape, torch order (rows..., in)
         if len(self.shape) < 2:
             raise ValueError(f"a quantized weight needs at least 2 dimensions, got shape {self.shape}")
+        self.rows = math.prod(self.shape[:-1])  #: rows of the flattened [rows, in] matrix (out, or experts * out)
         want = _core.cpu_gguf_packed_bytes(self.qtype, self.rows, self.in_features)
         if packed.dtype != torch.uint8 or packed.numel() != want or not packed.is_contiguous():
             raise ValueError(f"packed buffer for a {self.type_name} {self.shape} weight must be {want} contiguous bytes")
         self.packed = packed  #: uint8 [packed bytes], the tiled layout
+        self._addr = packed.data_ptr()
 
     # ---- construction
     @classmethod
@@ -131,6 +133,12 @@ class QuantizedTensor:
         return cls(code, shape, packed)
 
     @classmethod
+    def from_reader_tensor(cls, t) -> "QuantizedTensor":
+        """From a ``gguf.GGUFReader`` tensor (its memory-mapped block bytes; GGUF lists dimensions innermost
+        first, the result has torch order [..., out, in])."""
+        return cls.from_gguf_bytes(t.data, t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())))
+
+    @classmethod
     def quantize(cls, w: torch.Tensor, qtype) -> "QuantizedTensor":
         """Quantize a float weight [..., out, in] with ``gguf.quants.quantize`` (types it implements: Q4_0,
         Q4_1, Q5_0, Q5_1, Q8_0) and keep it quantized. For tests and for checkpoints stored in float."""
@@ -145,11 +153,6 @@ class QuantizedTensor:
     @property
     def type_name(self) -> str:
         return KEPT_QUANTIZED[self.qtype]
-
-    @property
-    def rows(self) -> int:
-        """Rows of the flattened [rows, in] matrix (out, or experts * out)."""
-        return math.prod(self.shape[:-1])
 
     @property
     def in_features(self) -> int:
@@ -248,29 +251,32 @@ class QuantizedTensor:
         """x [..., in] @ W.T (+ bias) with W the flattened [rows, in] weight; float32 accumulation. The result
         has x's dtype (float32 / bfloat16 / float16; other dtypes are computed as float32) unless `out_dtype`
         is given. With `out` ([m, N] with unit column stride), the result goes to its columns out_col.. instead."""
-        k, n = self.in_features, self.rows
-        x2 = _rows2d(x, k)
-        m = x2.shape[0]
+        k, n = self.shape[-1], self.rows
+        # the common case first: a CPU [m, k] tensor with unit stride along k, no reshaping
+        if not (x.dim() == 2 and x.is_cpu and x.shape[1] == k and x.dtype in _DTYPE_CODE
+                and (k == 1 or x.stride(1) == 1)):
+            shape = x.shape
+            x = _rows2d(x, k)
+            if out is None and len(shape) != 2:
+                return self.matmul(x, bias, out_dtype).view(*shape[:-1], n)
+        m = x.shape[0]
         if out is None:
-            out = torch.empty((m, n), dtype=out_dtype or x2.dtype)
-            result = out.view(*x.shape[:-1], n)
-        else:
-            if (out.dtype not in _DTYPE_CODE or out.dim() != 2 or out.shape[0] != m or out_col < 0
-                    or out_col + n > out.shape[1] or (out.shape[1] > 1 and out.stride(1) != 1)):
-                raise ValueError(f"out must be a [{m}, >= {out_col + n}] tensor with unit column stride")
-            result = out
-        bias_ptr = 0
+            out = torch.empty((m, n), dtype=out_dtype or x.dtype)
+        elif (out.dtype not in _DTYPE_CODE or out.dim() != 2 or out.shape[0] != m or out_col < 0
+              or out_col + n > out.shape[1] or (out.shape[1] > 1 and out.stride(1) != 1)):
+            raise ValueError(f"out must be a [{m}, >= {out_col + n}] tensor with unit column stride")
+        bias_addr = 0
         if bias is not None:
             if bias.dtype != torch.float32 or not bias.is_contiguous() or bias.numel() != n:
                 bias = bias.detach().float().contiguous().reshape(-1)
                 if bias.numel() != n:
                     raise ValueError(f"bias has {bias.numel()} values for {n} outputs")
-            bias_ptr = bias.data_ptr()
+            bias_addr = bias.data_ptr()
         if m:
-            _core.cpu_gguf_matmul(self.qtype, m, n, k, x2.data_ptr(), x2.stride(0), _DTYPE_CODE[x2.dtype],
+            _core.cpu_gguf_matmul(self.qtype, m, n, k, x.data_ptr(), x.stride(0), _DTYPE_CODE[x.dtype],
                                   out.data_ptr() + out_col * out.element_size(), out.stride(0),
-                                  _DTYPE_CODE[out.dtype], self.packed.data_ptr(), bias_ptr, _cpu.THREADS)
-        return result
+                                  _DTYPE_CODE[out.dtype], self._addr, bias_addr, _cpu.THREADS)
+        return out
 
 
 #: rows up to which products stream the weight (memory-bound; float32 activations cost nothing extra)
