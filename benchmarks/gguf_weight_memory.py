@@ -5,7 +5,8 @@
 Loads every tensor with `lmrs.models.gguf_quantized.load_gguf_tensors` (quantized types stay quantized in
 the kernels' tiled layout, float tensors keep their stored dtype) and prints: the bytes the tensors hold
 (per GGML type) against the file size, and how much the process's resident memory grew over the load (the
-file's memory map is released after loading, so this is what the weights cost a server). The dense copies
+file's memory map is released after loading, so this is what the weights cost a server; the metadata parse
+leaves freed heap that `malloc_trim` returns, as the engine does when idle). The dense copies
 the current loader makes are given for scale: float32 and bfloat16 of every parameter.
 """
 
@@ -27,6 +28,7 @@ def rss_bytes() -> int:
 
 
 def main() -> None:
+    from lmrs.engine.memory import release_free_memory
     from lmrs.models.gguf_quantized import load_gguf_tensors
     from lmrs.models.quantized import QuantizedTensor
 
@@ -37,10 +39,13 @@ def main() -> None:
 
         path = default_model_path()
     gc.collect()
+    release_free_memory()
     before = rss_bytes()
     loaded = load_gguf_tensors(path)
     gc.collect()
     after = rss_bytes()
+    release_free_memory()  # what the engine does when idle: the metadata parse's freed heap goes back
+    trimmed = rss_bytes()
     by_type: dict[str, list[int]] = {}
     params = 0
     for name, t in loaded.tensors.items():
@@ -57,6 +62,8 @@ def main() -> None:
         print(f"  {kind:<6} {count:>4} tensors {held:>14,} bytes")
     print(f"tensors held:             {loaded.nbytes:>14,} bytes = {loaded.nbytes / f:.3f} x the file")
     print(f"process RSS growth:       {after - before:>14,} bytes = {(after - before) / f:.3f} x the file")
+    print(f"  after malloc_trim:      {trimmed - before:>14,} bytes = {(trimmed - before) / f:.3f} x the file "
+          "(the rest: library pages first touched, allocator slack)")
     print(f"for scale: {params:,} parameters = {4 * params / 1e6:.0f} MB in float32, {2 * params / 1e6:.0f} MB in "
           f"bfloat16")
 
