@@ -180,28 +180,32 @@ pub unsafe fn decode_group<S: QuantIsa, const Q: u8, F: FnMut(usize, S::V)>(
     let t = ty::<Q>();
     let gk = t.group();
     let bits = t.code_bits();
+    let codes = blk.add(t.group_codes(g));
     if bits == 8 {
-        for p in 0..gk / 2 {
-            let v = S::q8_pair(blk.add((g * gk / 2 + p) * 32));
-            f(2 * p, v[0]);
-            f(2 * p + 1, v[1]);
+        // two pairs per step, so that i % 4 is known in each call of `f`
+        for s in 0..gk / 4 {
+            let a = S::q8_pair(codes.add(2 * s * 32));
+            let b = S::q8_pair(codes.add((2 * s + 1) * 32));
+            f(4 * s, a[0]);
+            f(4 * s + 1, a[1]);
+            f(4 * s + 2, b[0]);
+            f(4 * s + 3, b[1]);
         }
         return;
     }
     let (sixteen, thirty_two) = (S::splat(16.0), S::splat(32.0));
-    let plane0 = blk.add(t.bit_plane(0));
-    let plane1 = blk.add(t.bit_plane(1));
+    let plane0 = codes.add(t.bit_plane(0));
+    let plane1 = codes.add(t.bit_plane(1));
     for s in 0..gk / 4 {
-        let step = g * gk / 4 + s;
-        let mut v = S::nibble_step(blk.add(step * 32), table);
+        let mut v = S::nibble_step(codes.add(s * 32), table);
         if bits >= 5 {
-            let masks = std::ptr::read_unaligned(plane0.add(step * 8) as *const [u16; 4]);
+            let masks = std::ptr::read_unaligned(plane0.add(s * 8) as *const [u16; 4]);
             for r in 0..4 {
                 v[r] = S::add_masked(v[r], u16::from_le(masks[r]), sixteen);
             }
         }
         if bits == 6 {
-            let masks = std::ptr::read_unaligned(plane1.add(step * 8) as *const [u16; 4]);
+            let masks = std::ptr::read_unaligned(plane1.add(s * 8) as *const [u16; 4]);
             for r in 0..4 {
                 v[r] = S::add_masked(v[r], u16::from_le(masks[r]), thirty_two);
             }

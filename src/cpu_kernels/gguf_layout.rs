@@ -15,17 +15,17 @@
 //!
 //! Tiled layout: a weight [n, k] is stored as tiles of [`TILE`] = 16 output rows; each tile is a
 //! row of blocks, one per GGUF block along k (KB = 32 or 256 values), tile-major, so a tile
-//! streams from one contiguous range. A tile block holds the 16 rows' codes, then their
-//! parameters (rows past n are zero):
-//! - codes of 4-6 bits: a nibble plane of KB / 4 steps of 32 bytes (byte 2j+e of step s holds
-//!   the low 4 bits of q[j][4s+e] in its low nibble and those of q[j][4s+2+e] in its high
-//!   nibble, as `quant_matmul`'s Q4), then for 5 and 6 bits one and two bit planes of KB / 4
-//!   steps of 8 bytes (the u16 at 2r of step s has bit j = bit 4 (plane 0) or 5 (plane 1) of
-//!   q[j][4s+r]);
-//! - 8-bit codes: KB / 2 pairs of 32 bytes (byte 2j+e of pair p holds q[j][2p+e]);
+//! streams from one contiguous range. A tile block holds the 16 rows' parameters, then their
+//! codes group after group (rows past n are zero), so a product reads it front to back:
 //! - parameters: 16 float16 d (byte 2j), then 16 float16 m or dmin (Q4_1, Q5_1, Q4_K, Q5_K),
 //!   then per group of a K-quant block 16 scales (Q4_K, Q5_K: u8; Q6_K: i8; byte 16g+j) and for
-//!   Q4_K / Q5_K 16 minimums per group.
+//!   Q4_K / Q5_K 16 minimums per group;
+//! - codes of 4-6 bits, per group of G values: a nibble plane of G / 4 steps of 32 bytes (byte
+//!   2j+e of step s holds the low 4 bits of q[j][4s+e] in its low nibble and those of
+//!   q[j][4s+2+e] in its high nibble, as `quant_matmul`'s Q4), then for 5 and 6 bits one and
+//!   two bit planes of G / 4 steps of 8 bytes (the u16 at 2r of step s has bit j = bit 4
+//!   (plane 0) or 5 (plane 1) of q[j][4s+r]);
+//! - 8-bit codes: pairs of 32 bytes (byte 2j+e of pair p holds q[j][2p+e]).
 //!
 //! The layout takes the GGUF file's bytes (Q4_K and Q5_K 1.03x: their 6-bit scales are unpacked
 //! to bytes); it converts back to the GGUF bytes exactly.
@@ -168,12 +168,27 @@ impl GgufType {
         self.block_values() == QK_K
     }
 
-    /// Bytes of a tile block's codes (its parameters follow).
+    /// Bytes of a tile block's codes (after its parameters).
     pub fn code_bytes(self) -> usize {
         2 * self.code_bits() * self.block_values()
     }
 
-    /// Bytes of a tile block's parameters.
+    /// Bytes of one group's codes in a tile block (nibble plane and bit planes).
+    pub fn group_code_bytes(self) -> usize {
+        2 * self.code_bits() * self.group()
+    }
+
+    /// Offset of group g's codes in a tile block.
+    pub fn group_codes(self, g: usize) -> usize {
+        self.param_bytes() + g * self.group_code_bytes()
+    }
+
+    /// Offset of the bit plane `p` (0: bit 4, 1: bit 5) within a group's codes.
+    pub fn bit_plane(self, p: usize) -> usize {
+        8 * self.group() + p * 2 * self.group()
+    }
+
+    /// Bytes of a tile block's parameters (at its start).
     pub fn param_bytes(self) -> usize {
         match self {
             GgufType::Q4_0 | GgufType::Q5_0 | GgufType::Q8_0 => 2 * TILE,
@@ -186,11 +201,6 @@ impl GgufType {
     /// Bytes of one tile block (16 rows x KB values).
     pub fn tile_block_bytes(self) -> usize {
         self.code_bytes() + self.param_bytes()
-    }
-
-    /// Offset of the bit plane `p` (0: bit 4, 1: bit 5) in a tile block.
-    pub fn bit_plane(self, p: usize) -> usize {
-        8 * self.block_values() + p * 2 * self.block_values()
     }
 }
 
@@ -394,17 +404,24 @@ pub fn gguf_encode(t: GgufType, v: &BlockVals, dst: &mut [u8]) {
     }
 }
 
-/// (byte, shift) of the low 4 bits of code i of row j in a tile block's nibble plane.
+/// Where code i of row j lives in a tile block: (offset of its group's codes, index within the
+/// group).
 #[inline(always)]
-fn nibble_at(i: usize, j: usize) -> (usize, u32) {
-    let (s, r) = (i / 4, i % 4);
+fn code_at(t: GgufType, i: usize) -> (usize, usize) {
+    (t.group_codes(i / t.group()), i % t.group())
+}
+
+/// (byte, shift) of the low 4 bits of code il (within its group) of row j, from the group start.
+#[inline(always)]
+fn nibble_at(il: usize, j: usize) -> (usize, u32) {
+    let (s, r) = (il / 4, il % 4);
     (s * 32 + 2 * j + (r & 1), if r >= 2 { 4 } else { 0 })
 }
 
-/// (byte, bit) of code i of row j in a bit plane (relative to the plane).
+/// (byte, bit) of code il (within its group) of row j in a bit plane, from the plane start.
 #[inline(always)]
-fn plane_bit_at(i: usize, j: usize) -> (usize, u32) {
-    let (s, r) = (i / 4, i % 4);
+fn plane_bit_at(il: usize, j: usize) -> (usize, u32) {
+    let (s, r) = (il / 4, il % 4);
     (s * 8 + 2 * r + j / 8, (j % 8) as u32)
 }
 
@@ -412,14 +429,15 @@ fn plane_bit_at(i: usize, j: usize) -> (usize, u32) {
 #[inline(always)]
 pub fn tile_code(t: GgufType, blk: &[u8], i: usize, j: usize) -> u8 {
     let bits = t.code_bits();
+    let (base, il) = code_at(t, i);
     if bits == 8 {
-        return blk[(i / 2) * 32 + 2 * j + (i % 2)];
+        return blk[base + (il / 2) * 32 + 2 * j + (il % 2)];
     }
-    let (at, sh) = nibble_at(i, j);
-    let mut q = (blk[at] >> sh) & 15;
+    let (at, sh) = nibble_at(il, j);
+    let mut q = (blk[base + at] >> sh) & 15;
     for p in 0..bits - 4 {
-        let (b, bit) = plane_bit_at(i, j);
-        q |= ((blk[t.bit_plane(p) + b] >> bit) & 1) << (4 + p);
+        let (b, bit) = plane_bit_at(il, j);
+        q |= ((blk[base + t.bit_plane(p) + b] >> bit) & 1) << (4 + p);
     }
     q
 }
@@ -429,19 +447,20 @@ pub fn tile_store(t: GgufType, blk: &mut [u8], j: usize, v: &BlockVals) {
     let bits = t.code_bits();
     for i in 0..t.block_values() {
         let q = v.codes[i];
+        let (base, il) = code_at(t, i);
         if bits == 8 {
-            blk[(i / 2) * 32 + 2 * j + (i % 2)] = q;
+            blk[base + (il / 2) * 32 + 2 * j + (il % 2)] = q;
             continue;
         }
-        let (at, sh) = nibble_at(i, j);
-        blk[at] = (blk[at] & !(15 << sh)) | ((q & 15) << sh);
+        let (at, sh) = nibble_at(il, j);
+        blk[base + at] = (blk[base + at] & !(15 << sh)) | ((q & 15) << sh);
         for p in 0..bits - 4 {
-            let (b, bit) = plane_bit_at(i, j);
-            let byte = &mut blk[t.bit_plane(p) + b];
+            let (b, bit) = plane_bit_at(il, j);
+            let byte = &mut blk[base + t.bit_plane(p) + b];
             *byte = (*byte & !(1 << bit)) | (((q >> (4 + p)) & 1) << bit);
         }
     }
-    let p = t.code_bytes();
+    let p = 0;
     put_u16(blk, p + 2 * j, v.d);
     if t.has_offset() {
         put_u16(blk, p + 2 * TILE + 2 * j, v.m);
@@ -462,7 +481,7 @@ pub fn tile_load(t: GgufType, blk: &[u8], j: usize, v: &mut BlockVals) {
     for i in 0..t.block_values() {
         v.codes[i] = tile_code(t, blk, i, j);
     }
-    let p = t.code_bytes();
+    let p = 0;
     v.d = u16_at(blk, p + 2 * j);
     v.m = if t.has_offset() {
         u16_at(blk, p + 2 * TILE + 2 * j)
@@ -483,7 +502,7 @@ pub fn tile_load(t: GgufType, blk: &[u8], j: usize, v: &mut BlockVals) {
 /// Offset (in a tile block) of the parameter arrays: (d, m or dmin, scales, minimums); 0 where
 /// the type has none.
 pub fn param_offsets(t: GgufType) -> (usize, usize, usize, usize) {
-    let p = t.code_bytes();
+    let p = 0;
     match t {
         GgufType::Q4_0 | GgufType::Q5_0 | GgufType::Q8_0 => (p, 0, 0, 0),
         GgufType::Q4_1 | GgufType::Q5_1 => (p, p + 2 * TILE, 0, 0),

@@ -216,7 +216,6 @@ unsafe fn gemv_tiles<S: QuantIsa, const Q: u8, const M: usize>(
     let t = ty::<Q>();
     let (kb, gk, bb) = (t.block_values(), t.group(), t.tile_block_bytes());
     let groups = t.groups_per_block();
-    let group_bytes = bb / groups;
     let blocks = a.k / kb;
     let tab = nibble_table(t);
     let table = S::load_f32(tab.as_ptr());
@@ -238,9 +237,10 @@ unsafe fn gemv_tiles<S: QuantIsa, const Q: u8, const M: usize>(
         for b in 0..blocks {
             let blk = base.add(b * bb);
             for g in 0..groups {
+                // the stream is sequential: params, then group after group
                 prefetch(
-                    blk.wrapping_add(g * group_bytes + PREFETCH_AHEAD),
-                    group_bytes,
+                    blk.wrapping_add(t.group_codes(g) + PREFETCH_AHEAD),
+                    t.group_code_bytes(),
                 );
                 let k0 = b * kb + g * gk;
                 let mut acc = [[S::zero(); 4]; M];
