@@ -16,10 +16,9 @@ use super::gguf_rows::{
 use super::logits::{refine_top_logits, RefineArgs};
 use super::simd::{avx512_detected, set_force_portable};
 use super::DType;
-use std::sync::Mutex;
-
-/// The ISA switch and the bfloat16 emulation are process-wide.
-static SWITCH: Mutex<()> = Mutex::new(());
+/// The ISA switch and the bfloat16 emulation are process-wide: tests that flip them hold the
+/// lock of the other kernel tests.
+use super::tests::ISA_SWITCH as SWITCH;
 
 struct Rng(u64);
 
