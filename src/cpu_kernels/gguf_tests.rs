@@ -15,10 +15,10 @@ use super::gguf_rows::{
 };
 use super::logits::{refine_top_logits, RefineArgs};
 use super::simd::{avx512_detected, set_force_portable};
-use super::DType;
 /// The ISA switch and the bfloat16 emulation are process-wide: tests that flip them hold the
 /// lock of the other kernel tests.
 use super::tests::ISA_SWITCH as SWITCH;
+use super::DType;
 
 struct Rng(u64);
 
