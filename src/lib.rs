@@ -10,6 +10,7 @@ pub mod invariants;
 pub mod kv_cache_manager;
 pub mod plan;
 mod py_core;
+mod py_gguf_kernels;
 mod py_kernels;
 pub mod schedule_step;
 pub mod scheduler;

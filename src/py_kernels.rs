@@ -479,5 +479,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_kernels_force_portable, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_kernels_use_openmp, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_advise_hugepages, m)?)?;
+    // GGUF weights kept quantized: their own block of functions
+    crate::py_gguf_kernels::register(m)?;
     Ok(())
 }

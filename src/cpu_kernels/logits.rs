@@ -44,14 +44,24 @@ pub unsafe fn refine_top_logits(a: &RefineArgs) -> Result<(), String> {
 }
 
 /// The `k` largest values seen so far (unordered), with the smallest of them as the threshold.
-struct TopK {
-    ids: Vec<u32>,
+/// (Also used by the refinement from quantized rows, `gguf_rows`.)
+pub(crate) struct TopK {
+    pub(crate) ids: Vec<u32>,
     vals: Vec<f32>,
     at: usize,
     thr: f32,
 }
 
 impl TopK {
+    pub(crate) fn new(k: usize) -> TopK {
+        TopK {
+            ids: Vec::with_capacity(k),
+            vals: Vec::with_capacity(k),
+            at: 0,
+            thr: 0.0,
+        }
+    }
+
     fn reset(&mut self, x: &[f32], k: usize) {
         self.ids.clear();
         self.vals.clear();
@@ -87,7 +97,7 @@ impl TopK {
 /// Indices of the `k` largest values of `x` into `top.ids` (any order; NaNs are never chosen
 /// over numbers).
 #[inline(always)]
-unsafe fn top_k<S: Isa>(x: &[f32], k: usize, top: &mut TopK) {
+pub(crate) unsafe fn top_k<S: Isa>(x: &[f32], k: usize, top: &mut TopK) {
     top.reset(x, k);
     let n = x.len();
     let mut i = k;
@@ -114,15 +124,30 @@ unsafe fn top_k<S: Isa>(x: &[f32], k: usize, top: &mut TopK) {
     }
 }
 
+/// x . w over `h` float32 values: 16-lane FMAs, then a masked tail, then the lane sum (the one
+/// arithmetic every refinement uses, so refined logits agree bit for bit).
+#[inline(always)]
+pub(crate) unsafe fn dot_f32<S: Isa>(x: *const f32, w: *const f32, h: usize) -> f32 {
+    let mut acc = S::zero();
+    let mut i = 0;
+    while i + LANES <= h {
+        acc = S::fmadd(S::load_f32(x.add(i)), S::load_f32(w.add(i)), acc);
+        i += LANES;
+    }
+    if i < h {
+        acc = S::fmadd(
+            S::load_f32_n(x.add(i), h - i),
+            S::load_f32_n(w.add(i), h - i),
+            acc,
+        );
+    }
+    S::reduce_add(acc)
+}
+
 #[inline(always)]
 unsafe fn refine_rows<S: Isa>(a: &RefineArgs, start: usize, end: usize) {
     let h = a.hidden_size;
-    let mut top = TopK {
-        ids: Vec::with_capacity(a.k),
-        vals: Vec::with_capacity(a.k),
-        at: 0,
-        thr: 0.0,
-    };
+    let mut top = TopK::new(a.k);
     for r in start..end {
         let logits = std::slice::from_raw_parts_mut(
             (a.logits as *mut f32).add(r * a.logits_stride),
@@ -132,20 +157,7 @@ unsafe fn refine_rows<S: Isa>(a: &RefineArgs, start: usize, end: usize) {
         let x = (a.hidden as *const f32).add(r * a.hidden_stride);
         for &id in top.ids.iter() {
             let w = (a.head as *const f32).add(id as usize * h);
-            let mut acc = S::zero();
-            let mut i = 0;
-            while i + LANES <= h {
-                acc = S::fmadd(S::load_f32(x.add(i)), S::load_f32(w.add(i)), acc);
-                i += LANES;
-            }
-            if i < h {
-                acc = S::fmadd(
-                    S::load_f32_n(x.add(i), h - i),
-                    S::load_f32_n(w.add(i), h - i),
-                    acc,
-                );
-            }
-            logits[id as usize] = S::reduce_add(acc);
+            logits[id as usize] = dot_f32::<S>(x, w, h);
         }
     }
 }

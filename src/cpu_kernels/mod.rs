@@ -10,10 +10,21 @@
 //! Each kernel has one generic body over [`simd::Isa`], compiled twice: with AVX-512 (picked at
 //! run time when the CPU has it) and with portable 16-lane arrays (any x86-64, or other targets).
 //! Large calls split their rows over threads (`parallel`).
+//!
+//! GGUF weights kept quantized (`gguf_*`): `gguf_layout` (formats and the tiled layout),
+//! `gguf_rows` (packing, row permutation / concatenation, exact dequantization, the output
+//! head's refinement), `gguf_decode` (codes to vectors) and `gguf_matmul` (the product for any
+//! number of rows: streaming, then `gguf_gemm` / `gguf_gemm_bf16` for larger batches).
 
 pub mod activation;
 pub mod attention;
 pub mod elem;
+pub mod gguf_decode;
+pub mod gguf_gemm;
+pub mod gguf_gemm_bf16;
+pub mod gguf_layout;
+pub mod gguf_matmul;
+pub mod gguf_rows;
 pub mod logits;
 pub mod norm;
 pub mod parallel;
@@ -21,6 +32,8 @@ pub mod quant_matmul;
 pub mod rope;
 pub mod simd;
 
+#[cfg(test)]
+mod gguf_tests;
 #[cfg(test)]
 mod tests;
 

@@ -11,7 +11,7 @@ use super::DType;
 use std::sync::Mutex;
 
 /// The portable/AVX-512 switch is process-wide: tests that flip it take this lock.
-static ISA_SWITCH: Mutex<()> = Mutex::new(());
+pub(super) static ISA_SWITCH: Mutex<()> = Mutex::new(());
 
 /// Run `f` with the portable path and, when the CPU has it, the AVX-512 path.
 fn on_each_isa(f: impl Fn(&str)) {

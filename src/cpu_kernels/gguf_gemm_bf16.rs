@@ -1,0 +1,392 @@
+//! The large-batch product on AVX512-BF16 for bfloat16 activations: each panel of [`NB`] tiles is
+//! decoded once per row block into bfloat16 *codes* (small integers, exact in bfloat16) in
+//! `vdpbf16ps` pair order, with the groups' S and O beside it; the microkernel (3 rows x 64
+//! outputs) accumulates sum(x c) per group with `vdpbf16ps` and applies y += S * sum (+ O *
+//! sum(x)) in float32. A bfloat16 activation times a code is exact, so the result is the
+//! float32 product of the dequantized weight up to float32 accumulation order.
+//!
+//! For tests on CPUs without AVX512-BF16, [`set_emulation`] runs the same kernel with each
+//! `vdpbf16ps` replaced by two float32 FMAs (only the instruction differs).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::gguf_matmul::GgufMatmulArgs;
+use super::DType;
+
+static EMULATE: AtomicBool = AtomicBool::new(false);
+
+/// Run the bfloat16 large-batch kernel with emulated `vdpbf16ps` where the CPU lacks it (tests).
+pub fn set_emulation(on: bool) {
+    EMULATE.store(on, Ordering::Relaxed);
+}
+
+/// Whether a product takes this path: bfloat16 activations, more rows than the streaming
+/// kernel takes, and AVX512-BF16 (or its emulation on AVX-512).
+pub fn applies(a: &GgufMatmulArgs) -> bool {
+    a.x_dtype == DType::BF16 && (native() || emulated())
+}
+
+fn native() -> bool {
+    super::simd::use_avx512bf16()
+}
+
+fn emulated() -> bool {
+    EMULATE.load(Ordering::Relaxed) && super::simd::use_avx512()
+}
+
+/// Tiles per panel.
+pub const NB: usize = 4;
+/// Rows per microkernel call.
+const MR: usize = 3;
+/// Input features per panel chunk (whole GGUF blocks).
+const KC: usize = 1024;
+
+/// Per-thread panel (codes, scales, offsets) and output accumulators.
+#[derive(Default)]
+struct Scratch {
+    codes: Vec<u16>,
+    scales: Vec<f32>,
+    offsets: Vec<f32>,
+    y: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// the calling thread's group sums of a row block
+    static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// y = x @ W.T (+ bias) for bfloat16 x (see [`applies`]).
+///
+/// # Safety
+/// As `gguf_matmul`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn run(a: &GgufMatmulArgs) -> Result<(), String> {
+    kernel::run(a, native());
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub unsafe fn run(_a: &GgufMatmulArgs) -> Result<(), String> {
+    Err("the bfloat16 quantized product needs AVX512-BF16".into())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use std::arch::x86_64::*;
+
+    use super::super::gguf_decode::{decode_group, nibble_table, scale_offset, ty};
+    use super::super::gguf_layout::TILE;
+    use super::super::gguf_matmul::{store_row, GgufMatmulArgs, ROW_BLOCK};
+    use super::super::parallel::{parallel_for, threads_for};
+    use super::super::simd::{bf16_to_f32, Avx512};
+    use super::{Scratch, KC, MR, NB, SCRATCH, SUMS};
+    use crate::with_gguf_type;
+
+    /// bfloat16 activation rows and their 32-value group sums.
+    #[derive(Clone, Copy)]
+    struct Rows {
+        x: *const u16,
+        stride: usize,
+        sums: *const f32,
+        sums_stride: usize,
+    }
+    unsafe impl Send for Rows {}
+    unsafe impl Sync for Rows {}
+
+    /// A pair dot product: `vdpbf16ps` or its float32 emulation.
+    trait PairDot {
+        type X: Copy;
+        /// The bfloat16 pair at `p`, in every lane.
+        unsafe fn bcast(p: *const u16) -> Self::X;
+        /// acc + w.even * x.even + w.odd * x.odd per 32-bit lane.
+        unsafe fn dot(acc: __m512, w: __m512i, x: Self::X) -> __m512;
+    }
+
+    struct Native;
+    struct Emulated;
+
+    impl PairDot for Native {
+        type X = __m512i;
+        #[inline(always)]
+        unsafe fn bcast(p: *const u16) -> __m512i {
+            _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+        }
+        #[inline(always)]
+        unsafe fn dot(acc: __m512, w: __m512i, x: __m512i) -> __m512 {
+            _mm512_dpbf16_ps(
+                acc,
+                std::mem::transmute::<__m512i, __m512bh>(w),
+                std::mem::transmute::<__m512i, __m512bh>(x),
+            )
+        }
+    }
+
+    impl PairDot for Emulated {
+        type X = (__m512, __m512);
+        #[inline(always)]
+        unsafe fn bcast(p: *const u16) -> (__m512, __m512) {
+            (
+                _mm512_set1_ps(bf16_to_f32(*p)),
+                _mm512_set1_ps(bf16_to_f32(*p.add(1))),
+            )
+        }
+        #[inline(always)]
+        unsafe fn dot(acc: __m512, w: __m512i, x: (__m512, __m512)) -> __m512 {
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536)));
+            _mm512_fmadd_ps(odd, x.1, _mm512_fmadd_ps(even, x.0, acc))
+        }
+    }
+
+    pub unsafe fn run(a: &GgufMatmulArgs, native: bool) {
+        let panels = a.n.div_ceil(TILE * NB);
+        let has_offset = a.ty.has_offset();
+        let mut r0 = 0;
+        while r0 < a.m {
+            let rows = (a.m - r0).min(ROW_BLOCK);
+            let x = (a.x as *const u16).add(r0 * a.x_stride);
+            let groups = a.k / 32;
+            let sums = SUMS.with(|s| {
+                let mut s = s.borrow_mut();
+                if has_offset {
+                    s.resize(rows * groups, 0.0);
+                    for r in 0..rows {
+                        for g in 0..groups {
+                            let p = x.add(r * a.x_stride + g * 32);
+                            s[r * groups + g] = (0..32).map(|i| bf16_to_f32(*p.add(i))).sum();
+                        }
+                    }
+                }
+                s.as_ptr()
+            });
+            let xr = Rows {
+                x,
+                stride: a.x_stride,
+                sums,
+                sums_stride: groups,
+            };
+            let threads = threads_for(rows * a.n * a.k / 4, panels, a.threads);
+            parallel_for(
+                panels,
+                threads,
+                |_| 1,
+                |p| {
+                    SCRATCH.with(|s| {
+                        let mut s = s.borrow_mut();
+                        if native {
+                            panels_native(a, &xr, r0, rows, p.start, p.end, &mut s)
+                        } else {
+                            panels_emulated(a, &xr, r0, rows, p.start, p.end, &mut s)
+                        }
+                    })
+                },
+            );
+            r0 += rows;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")]
+    unsafe fn panels_native(
+        a: &GgufMatmulArgs,
+        x: &Rows,
+        row0: usize,
+        rows: usize,
+        p0: usize,
+        p1: usize,
+        s: &mut Scratch,
+    ) {
+        with_gguf_type!(a.ty, Q => panels::<Native, Q>(a, x, row0, rows, p0, p1, s))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")]
+    unsafe fn panels_emulated(
+        a: &GgufMatmulArgs,
+        x: &Rows,
+        row0: usize,
+        rows: usize,
+        p0: usize,
+        p1: usize,
+        s: &mut Scratch,
+    ) {
+        with_gguf_type!(a.ty, Q => panels::<Emulated, Q>(a, x, row0, rows, p0, p1, s))
+    }
+
+    #[inline(always)]
+    unsafe fn panels<D: PairDot, const Q: u8>(
+        a: &GgufMatmulArgs,
+        x: &Rows,
+        row0: usize,
+        rows: usize,
+        p0: usize,
+        p1: usize,
+        s: &mut Scratch,
+    ) {
+        let t = ty::<Q>();
+        let kb = t.block_values();
+        let kc = ((KC / kb).max(1) * kb).min(a.k);
+        // the sums of a chunk start must be group-aligned: kc is a multiple of 32
+        s.codes.resize(kc * NB * TILE, 0);
+        s.scales.resize(kc / t.group() * NB * TILE, 0.0);
+        s.offsets.resize(kc / t.group() * NB * TILE, 0.0);
+        s.y.resize(rows * NB * TILE, 0.0);
+        let tiles = a.n.div_ceil(TILE);
+        for p in p0..p1 {
+            let t0 = p * NB;
+            let nt = (tiles - t0).min(NB);
+            let mut k0 = 0;
+            while k0 < a.k {
+                let k1 = (k0 + kc).min(a.k);
+                decode_panel::<Q>(a, t0, nt, k0, k1, s);
+                let mut r = 0;
+                while r < rows {
+                    let rr = (rows - r).min(MR);
+                    match rr {
+                        1 => micro::<D, Q, 1>(s, x, r, k0, k1, k0 > 0),
+                        2 => micro::<D, Q, 2>(s, x, r, k0, k1, k0 > 0),
+                        _ => micro::<D, Q, MR>(s, x, r, k0, k1, k0 > 0),
+                    }
+                    r += rr;
+                }
+                k0 = k1;
+            }
+            for r in 0..rows {
+                for c in 0..nt {
+                    let v = _mm512_loadu_ps(s.y.as_ptr().add((r * NB + c) * TILE));
+                    store_row::<Avx512>(a, row0 + r, (t0 + c) * TILE, v);
+                }
+            }
+        }
+    }
+
+    /// Codes of tiles [t0, t0 + nt) over [k0, k1) as bfloat16 pairs [pair][NB][16 x 2], and
+    /// each group's S and O [group][NB][16]; missing tiles are zero.
+    #[inline(always)]
+    unsafe fn decode_panel<const Q: u8>(
+        a: &GgufMatmulArgs,
+        t0: usize,
+        nt: usize,
+        k0: usize,
+        k1: usize,
+        s: &mut Scratch,
+    ) {
+        let t = ty::<Q>();
+        let (kb, gk, bb) = (t.block_values(), t.group(), t.tile_block_bytes());
+        let blocks = a.k / kb;
+        let tab = nibble_table(t);
+        let table = _mm512_loadu_ps(tab.as_ptr());
+        let codes = s.codes.as_mut_ptr();
+        let high = _mm512_set1_epi32(-65536);
+        for c in 0..NB {
+            if c >= nt {
+                for pair in 0..(k1 - k0) / 2 {
+                    _mm512_storeu_si512(
+                        codes.add((pair * NB + c) * 2 * TILE) as *mut _,
+                        _mm512_setzero_si512(),
+                    );
+                }
+                for g in 0..(k1 - k0) / gk {
+                    _mm512_storeu_ps(
+                        s.scales.as_mut_ptr().add((g * NB + c) * TILE),
+                        _mm512_setzero_ps(),
+                    );
+                    _mm512_storeu_ps(
+                        s.offsets.as_mut_ptr().add((g * NB + c) * TILE),
+                        _mm512_setzero_ps(),
+                    );
+                }
+                continue;
+            }
+            let base = (a.packed as *const u8).add((t0 + c) * blocks * bb);
+            for b in k0 / kb..k1 / kb {
+                let blk = base.add(b * bb);
+                for g in 0..t.groups_per_block() {
+                    let (sc, of) = scale_offset::<Avx512, Q>(blk, g);
+                    let gi = (b * kb + g * gk - k0) / gk;
+                    _mm512_storeu_ps(s.scales.as_mut_ptr().add((gi * NB + c) * TILE), sc);
+                    _mm512_storeu_ps(s.offsets.as_mut_ptr().add((gi * NB + c) * TILE), of);
+                    let pair0 = (b * kb + g * gk - k0) / 2;
+                    let mut even = _mm512_setzero_si512();
+                    decode_group::<Avx512, Q, _>(
+                        blk,
+                        g,
+                        table,
+                        #[inline(always)]
+                        |i, v| {
+                            // codes are small integers: their float32 high halves are exact bfloat16
+                            let v = _mm512_castps_si512(v);
+                            if i % 2 == 0 {
+                                even = _mm512_srli_epi32::<16>(v);
+                            } else {
+                                let pair = _mm512_or_si512(even, _mm512_and_si512(v, high));
+                                let at = codes.add(((pair0 + i / 2) * NB + c) * 2 * TILE);
+                                _mm512_storeu_si512(at as *mut _, pair);
+                            }
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// y[R][NB x 16] (+)= rows r0.. of x over [k0, k1) @ the panel.
+    #[inline(always)]
+    unsafe fn micro<D: PairDot, const Q: u8, const R: usize>(
+        s: &mut Scratch,
+        x: &Rows,
+        r0: usize,
+        k0: usize,
+        k1: usize,
+        accumulate: bool,
+    ) {
+        let t = ty::<Q>();
+        let gk = t.group();
+        let codes = s.codes.as_ptr();
+        let ybuf = s.y.as_mut_ptr().add(r0 * NB * TILE);
+        let mut y = [[_mm512_setzero_ps(); NB]; R];
+        if accumulate {
+            for (r, yr) in y.iter_mut().enumerate() {
+                for (c, v) in yr.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(ybuf.add((r * NB + c) * TILE));
+                }
+            }
+        }
+        let mut xp = [std::ptr::null::<u16>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x.x.add((r0 + r) * x.stride + k0);
+        }
+        for g in 0..(k1 - k0) / gk {
+            let mut acc = [[_mm512_setzero_ps(); NB]; R];
+            for pp in 0..gk / 2 {
+                let pair = g * gk / 2 + pp;
+                let mut w = [_mm512_setzero_si512(); NB];
+                for (c, wc) in w.iter_mut().enumerate() {
+                    *wc = _mm512_loadu_si512(codes.add((pair * NB + c) * 2 * TILE) as *const _);
+                }
+                for r in 0..R {
+                    let xb = D::bcast(xp[r].add(2 * pair));
+                    for c in 0..NB {
+                        acc[r][c] = D::dot(acc[r][c], w[c], xb);
+                    }
+                }
+            }
+            for c in 0..NB {
+                let sc = _mm512_loadu_ps(s.scales.as_ptr().add((g * NB + c) * TILE));
+                let of = _mm512_loadu_ps(s.offsets.as_ptr().add((g * NB + c) * TILE));
+                for r in 0..R {
+                    y[r][c] = _mm512_fmadd_ps(acc[r][c], sc, y[r][c]);
+                    if t.has_offset() {
+                        let sum = *x.sums.add((r0 + r) * x.sums_stride + (k0 + g * gk) / 32);
+                        y[r][c] = _mm512_fmadd_ps(of, _mm512_set1_ps(sum), y[r][c]);
+                    }
+                }
+            }
+        }
+        for (r, yr) in y.iter().enumerate() {
+            for (c, &v) in yr.iter().enumerate() {
+                _mm512_storeu_ps(ybuf.add((r * NB + c) * TILE), v);
+            }
+        }
+    }
+}
