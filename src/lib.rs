@@ -4,10 +4,12 @@
 pub mod block_hash;
 pub mod block_pool;
 pub mod cpu_kernels;
+pub mod grammar;
 pub mod id_map;
 pub mod invariants;
 pub mod plan;
 mod py_core;
+mod py_grammar;
 mod py_kernels;
 pub mod schedule_step;
 pub mod scheduler;
@@ -25,6 +27,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_core::register(m)?;
     py_kernels::register(m)?;
+    py_grammar::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
