@@ -1,21 +1,21 @@
 //! The Python surface of `grammar/`: `GrammarVocab`, `Grammar` (compiled, shared), `GrammarMatcher` (one
-//! per sequence) and `fill_next_token_bitmasks` (a step's masks in one call). Every call that computes
+//! per sequence), `fill_next_token_bitmasks` (a step's masks in one call) and `apply_token_bitmask_cpu`. Every call that computes
 //! (vocabulary build, compile, masks, commits) releases the GIL. Failures raise `GrammarError`
 //! (a `ValueError`).
 
 use std::sync::Arc;
 
-use numpy::{PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::grammar::{
-    self, fill_masks, CompiledGrammar, GrammarKind, GrammarMatcher, GrammarVocab,
+    self, fill_masks, mask_logits_row, CompiledGrammar, GrammarKind, GrammarMatcher, GrammarVocab,
 };
 
 create_exception!(
-    _core,
+    lmrs._core,
     GrammarError,
     PyValueError,
     "A grammar, vocabulary or matcher operation failed (invalid grammar, rejected token, bad argument)."
@@ -246,11 +246,62 @@ fn fill_next_token_bitmasks(
     Ok(res.into_iter().map(|e| e.map(|e| e.to_string())).collect())
 }
 
+/// `-inf` into float32 CPU logits (numpy `[S, V]`, rows contiguous) wherever the int32 bitmask
+/// (`[R, words]`) forbids a token: mask row `i` applies to logits row `rows[i]` (default: row `i`).
+#[pyfunction]
+#[pyo3(signature = (logits, bitmask, rows = None))]
+fn apply_token_bitmask_cpu(
+    py: Python<'_>,
+    mut logits: PyReadwriteArray2<'_, f32>,
+    bitmask: PyReadonlyArray2<'_, i32>,
+    rows: Option<Vec<usize>>,
+) -> PyResult<()> {
+    let (n_mask, words) = (bitmask.shape()[0], bitmask.shape()[1]);
+    let n_rows = logits.shape()[0];
+    let rows: Vec<usize> = rows.unwrap_or_else(|| (0..n_mask).collect());
+    if rows.len() != n_mask {
+        return Err(GrammarError::new_err(format!(
+            "{n_mask} mask rows but {} row indices",
+            rows.len()
+        )));
+    }
+    if let Some(&r) = rows.iter().find(|&&r| r >= n_rows) {
+        return Err(GrammarError::new_err(format!(
+            "row {r} is out of range ({n_rows} rows)"
+        )));
+    }
+    let mask = bitmask
+        .as_slice()
+        .map_err(|_| GrammarError::new_err("bitmask must be a C-contiguous int32 array"))?;
+    // SAFETY: same size and alignment; every bit pattern is valid for both types.
+    let mask: &[u32] =
+        unsafe { std::slice::from_raw_parts(mask.as_ptr() as *const u32, mask.len()) };
+    let mut view = logits.as_array_mut();
+    let mut row_slices: Vec<&mut [f32]> = Vec::with_capacity(rows.len());
+    let mut all: Vec<Option<&mut [f32]>> = view.outer_iter_mut().map(|r| r.into_slice()).collect();
+    for &r in &rows {
+        let row = all[r].take().ok_or_else(|| {
+            GrammarError::new_err(format!(
+                "logits row {r} is named twice or is not contiguous"
+            ))
+        })?;
+        row_slices.push(row);
+    }
+    py.detach(move || {
+        for (i, row) in row_slices.into_iter().enumerate() {
+            mask_logits_row(row, &mask[i * words..(i + 1) * words])?;
+        }
+        Ok(())
+    })
+    .map_err(err)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGrammarVocab>()?;
     m.add_class::<PyGrammar>()?;
     m.add_class::<PyGrammarMatcher>()?;
     m.add_function(wrap_pyfunction!(fill_next_token_bitmasks, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_token_bitmask_cpu, m)?)?;
     m.add("GrammarError", m.py().get_type::<GrammarError>())?;
     Ok(())
 }

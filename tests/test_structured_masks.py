@@ -22,10 +22,12 @@ def _random_mask(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, np.nda
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("vocab", [49152, 1000, 33])
-def test_apply_matches_a_reference_loop(device, vocab):
+def test_apply_matches_a_reference_loop(device, dtype, vocab):
+    """float32 CPU logits take the Rust pass, the rest the torch ops: both exact."""
     mask, allowed = _random_mask(4, vocab, vocab)
-    logits = torch.randn(4, vocab, device=device)
+    logits = torch.randn(4, vocab, device=device).to(dtype)
     expected = logits.cpu().clone()
     for r in range(4):
         for t in np.flatnonzero(~allowed[r]):
@@ -37,10 +39,11 @@ def test_apply_matches_a_reference_loop(device, vocab):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_only_the_named_rows_change(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_only_the_named_rows_change(device, dtype):
     vocab = 49152
     mask, allowed = _random_mask(2, vocab, 1)
-    logits = torch.randn(5, vocab, device=device)
+    logits = torch.randn(5, vocab, device=device).to(dtype)
     before = logits.clone()
     apply_token_bitmask_(logits, mask, rows=torch.tensor([3, 1]))
     for r in (0, 2, 4):
@@ -59,6 +62,11 @@ def test_nothing_to_apply_and_argument_checks():
         apply_token_bitmask_(logits, allocate_token_bitmask(2, 64))
     with pytest.raises(ValueError, match="words"):
         apply_token_bitmask_(logits, allocate_token_bitmask(3, 32))
+    with pytest.raises(ValueError, match="out of range"):
+        apply_token_bitmask_(logits, allocate_token_bitmask(1, 64), rows=torch.tensor([3]))
+    strided = torch.randn(64, 3).t()  # rows not contiguous: the torch path
+    apply_token_bitmask_(strided, allocate_token_bitmask(3, 64))
+    assert torch.isinf(strided).all()
     with pytest.raises(ValueError, match="int32"):
         bitmask_to_bool(torch.zeros(3, 2, dtype=torch.int64), 64)
 

@@ -1,4 +1,5 @@
-//! One sequence's position in its grammar, and the batched mask computation of a step.
+//! One sequence's position in its grammar, the batched mask computation of a step, and masks applied
+//! to CPU logits.
 
 use std::sync::Arc;
 
@@ -218,4 +219,31 @@ pub fn fill_masks(
         }
     });
     Ok(results)
+}
+
+/// Mask one row of logits in place. `mask` has at least `ceil(logits.len() / 32)` words.
+pub fn mask_logits_row(logits: &mut [f32], mask: &[u32]) -> Result<(), GrammarError> {
+    let words = mask_words(logits.len());
+    if mask.len() < words {
+        return Err(GrammarError::BadArgument(format!(
+            "mask row has {} words; {} logits need {words}",
+            mask.len(),
+            logits.len()
+        )));
+    }
+    for (chunk, &bits) in logits.chunks_mut(32).zip(mask) {
+        match bits {
+            u32::MAX => {}
+            0 => chunk.fill(f32::NEG_INFINITY),
+            _ => {
+                // branchless (mixed words have unpredictable bits): keep x where the bit is set
+                let ninf = f32::NEG_INFINITY.to_bits();
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    let keep = ((bits >> i) & 1).wrapping_neg();
+                    *x = f32::from_bits((x.to_bits() & keep) | (ninf & !keep));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,29 +1,28 @@
 //! Structured output: grammars compiled by `llguidance` over the model's vocabulary, and per-sequence
 //! matchers that compute the bitmask of allowed next tokens.
 //!
-//! - [`vocab::GrammarVocab`]: built once per model from the token table (token id -> bytes, special
+//! - [`compiled::GrammarVocab`]: built once per model from the token table (token id -> bytes, special
 //!   tokens, EOS ids); holds llguidance's token trie and parser factory.
 //! - [`compiled::CompiledGrammar`]: one JSON schema / regex / Lark grammar compiled against a vocabulary;
 //!   immutable and shared (`Arc`) by every sequence that uses it.
 //! - [`matcher::GrammarMatcher`]: one sequence's position in the grammar: fill the mask, commit the
 //!   sampled token, roll back. [`matcher::fill_masks`] fills many rows at once (optionally on several
 //!   threads), the call the engine makes per step with the GIL released.
+//! - [`matcher::mask_logits_row`]: `-inf` into CPU float32 logits where the mask forbids a token.
 //!
 //! Masks are `u32` words, bit `t % 32` of word `t / 32` set when token `t` is allowed (the layout of
 //! xgrammar and vLLM), `ceil(vocab_size / 32)` words per row.
 
 pub mod compiled;
 pub mod matcher;
-pub mod vocab;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
-pub use compiled::{CompiledGrammar, GrammarKind};
-pub use matcher::{fill_masks, GrammarMatcher};
-pub use vocab::GrammarVocab;
+pub use compiled::{CompiledGrammar, GrammarKind, GrammarVocab};
+pub use matcher::{fill_masks, mask_logits_row, GrammarMatcher};
 
 /// Everything that can go wrong in this module.
 #[derive(Debug, Clone, PartialEq, Eq)]

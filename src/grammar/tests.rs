@@ -250,3 +250,19 @@ fn eos_after_a_finished_grammar_and_its_rollback() {
     m.rollback(1).unwrap();
     assert_eq!(allowed(&mut m), vec![b'a' as u32, AB]);
 }
+
+#[test]
+fn masking_cpu_logits_clears_exactly_the_forbidden_tokens() {
+    let mut logits: Vec<f32> = (0..70).map(|i| i as f32).collect();
+    let mask = [u32::MAX, 0b1010, 1 << 5];
+    mask_logits_row(&mut logits, &mask).unwrap();
+    for (t, &x) in logits.iter().enumerate() {
+        let allowed = t < 32 || t == 33 || t == 35 || t == 69;
+        assert_eq!(x.is_finite(), allowed, "token {t}");
+        if allowed {
+            assert_eq!(x, t as f32);
+        }
+    }
+    let mut short = vec![0.0f32; 65];
+    assert!(mask_logits_row(&mut short, &[0, 0]).is_err());
+}

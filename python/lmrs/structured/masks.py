@@ -3,7 +3,8 @@
 A mask row is ``ceil(vocab / 32)`` int32 words; bit ``t % 32`` of word ``t // 32`` is set when token ``t``
 is allowed (xgrammar's and vLLM's layout, filled by ``lmrs._core.fill_next_token_bitmasks``). Applying
 sets every disallowed logit to ``-inf`` in place, for all constrained rows at once, on the logits'
-device (CPU or CUDA). A step without constrained rows does not call it.
+device: float32 CPU logits in one Rust pass (``lmrs._core.apply_token_bitmask_cpu``, GIL released), other
+dtypes and CUDA tensors with vectorized torch ops. A step without constrained rows does not call it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,19 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
         raise ValueError(f"{n} mask rows for {logits.shape[0]} logits rows; pass rows=")
     if rows is not None and rows.numel() != n:
         raise ValueError(f"{n} mask rows but {rows.numel()} row indices")
+    if rows is not None and (int(rows.min()) < 0 or int(rows.max()) >= logits.shape[0]):
+        raise ValueError(f"a row index is out of range ({logits.shape[0]} logits rows)")
+    need = (logits.shape[1] + 31) // 32
+    if bitmask.dtype != torch.int32 or bitmask.dim() != 2 or bitmask.shape[1] < need:
+        raise ValueError(f"bitmask must be int32 [rows, words] with at least {need} words for "
+                         f"{logits.shape[1]} tokens")
     device = logits.device
+    if device.type == "cpu" and logits.dtype == torch.float32 and logits.stride(1) == 1:
+        from .. import _core  # one pass in Rust: several times faster than the torch ops below
+
+        _core.apply_token_bitmask_cpu(logits.detach().numpy(), bitmask.cpu().contiguous().numpy(),
+                                      None if rows is None else rows.tolist())
+        return logits
     if bitmask.device != device:
         bitmask = bitmask.to(device, non_blocking=True)
     allowed = bitmask_to_bool(bitmask, logits.shape[1])
