@@ -17,6 +17,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable, Sequence
 
+from ..structured.spec import lark_literal
 from .call_stream import DeltaEmitter
 from .types import IdFactory, ToolCall, ToolParseResult, ToolStreamDelta
 
@@ -87,7 +88,8 @@ class ToolParser(ABC):
         s = self.stream(tool_names, id_factory)
         d = s.feed(text)
         d.merge(s.finish())
-        return ToolParseResult(content=d.content or None if s.calls else d.content, tool_calls=list(s.calls))
+        content = (d.content or None) if s.calls else d.content
+        return ToolParseResult(content=content, tool_calls=list(s.calls))
 
     @abstractmethod
     def calls_grammar(self, tools: Sequence[ToolSchema], parallel: bool, special: SpecialTokenLookup) -> str:
@@ -107,17 +109,8 @@ def call_object_schema(tools: Sequence[ToolSchema], args_key: str = "arguments")
     return {**schema, "x-guidance": COMPACT_JSON}
 
 
-def arguments_schema(params: dict) -> dict:
-    return {**params, "x-guidance": COMPACT_JSON} if isinstance(params, dict) else params
-
-
 # tool-call JSON in the style chat templates show it: {"name": "f", "arguments": {"a": 1}}
 COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
-def lark_literal(text: str) -> str:
-    """``text`` as a Lark string literal."""
-    return json.dumps(text)
 
 
 def marker_expr(marker: str, special: SpecialTokenLookup) -> str:
