@@ -5,12 +5,14 @@ mod admission;
 pub mod block_hash;
 pub mod block_pool;
 pub mod cpu_kernels;
+pub mod grammar;
 pub mod id_map;
 pub mod invariants;
 pub mod kv_cache_manager;
 pub mod plan;
 mod py_core;
 mod py_gguf_kernels;
+mod py_grammar;
 mod py_kernels;
 pub mod schedule_step;
 pub mod scheduler;
@@ -28,6 +30,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_core::register(m)?;
     py_kernels::register(m)?;
+    py_grammar::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
