@@ -37,6 +37,8 @@ class InputProcessor:
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.check_token_ids(prompt_ids, field)
         self.check_token_ids(params.stop_token_ids, "stop_token_ids")
+        if params.logit_bias:
+            self.check_token_ids(list(params.logit_bias), "logit_bias")
         limit = self.info.max_model_len
         if session is None:
             if not ids and params.max_tokens > 0:

@@ -112,6 +112,8 @@ class LLMEngine:
                                           num_prompt_tokens=len(req.prompt_ids),
                                           logprobs=[] if params.logprobs is not None else None)
         self._unscheduled.add(rid)
+        if params.logit_bias:
+            self.runner.sampler.set_logit_bias(rid, params.logit_bias)
         return rid
 
     def abort_request(self, request_id: int) -> RequestDelta | None:
@@ -143,6 +145,7 @@ class LLMEngine:
         st = self.requests.pop(rid, None)
         if st is None:
             return None
+        self.runner.sampler.drop_logit_bias(rid)
         self._unscheduled.discard(rid)
         text = st.detok.flush() if st.detok is not None else ""
         st.text += text
@@ -260,6 +263,7 @@ class LLMEngine:
                 elif st.pooled is not None:
                     d.embedding = _normalize(st.pooled / max(1, st.pooled_tokens))
                 del self.requests[rid]
+                self.runner.sampler.drop_logit_bias(rid)
             deltas.append(d)
         return deltas
 

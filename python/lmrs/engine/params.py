@@ -17,7 +17,9 @@ class SamplingParams:
     temperature 0 means greedy. `max_tokens` new tokens at most (0: only prefill, useful for
     sessions). `stop` strings end the text (not included unless `include_stop_str_in_output`).
     `logprobs`: return the log-probability of each generated token and this many top alternatives
-    (at most `MAX_LOGPROBS`, the core's one limit).
+    (at most `MAX_LOGPROBS`, the core's one limit). `logit_bias`: token id -> value in
+    [-100, 100] added to that token's logit before sampling (OpenAI's field; the returned
+    logprobs stay the model's own, as in vLLM).
     """
 
     temperature: float = 1.0
@@ -36,6 +38,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -80,6 +83,9 @@ class SamplingParams:
             if isinstance(t, bool) or not isinstance(t, int) or t < 0:
                 raise InvalidParameter("stop_token_ids", f"must be non-negative token ids, got {t!r}")
 
+        if self.logit_bias is not None:
+            self.logit_bias = _checked_logit_bias(self.logit_bias)
+
     def core_kwargs(self) -> dict:
         """Keyword arguments of `Core.add` for these parameters."""
         return dict(
@@ -97,3 +103,20 @@ class SamplingParams:
             seed=self.seed,
             logprobs=self.logprobs,
         )
+
+
+LOGIT_BIAS_LIMIT = 100.0
+
+
+def _checked_logit_bias(bias) -> dict[int, float] | None:
+    """{token id: bias} with ids as ints and values in [-100, 100]; None when empty."""
+    if not isinstance(bias, dict):
+        raise InvalidParameter("logit_bias", f"must be a map of token id -> bias, got {type(bias).__name__}")
+    out = {}
+    for t, v in bias.items():
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise InvalidParameter("logit_bias", f"keys must be non-negative token ids, got {t!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -LOGIT_BIAS_LIMIT <= v <= LOGIT_BIAS_LIMIT:
+            raise InvalidParameter("logit_bias", f"the bias of token {t} must be a number in [-100, 100], got {v!r}")
+        out[t] = float(v)
+    return out or None

@@ -2,7 +2,9 @@
 
 Order (as vLLM / Hugging Face): penalties (repetition on context + output, presence / frequency on
 the output) -> min_tokens EOS mask -> greedy rows take the argmax -> temperature -> top-k -> top-p ->
-min-p -> a draw from the softmax. Draws use the exponential race (argmax p / E, E ~ Exp(1)); a row
+min-p -> a draw from the softmax. `logit_bias` (OpenAI) is added after
+the raw logprobs are taken and before the penalties (`_apply_logit_bias`; free when no request
+has one). Draws use the exponential race (argmax p / E, E ~ Exp(1)); a row
 with a seed draws E from its own generator seeded by (seed, tokens generated so far), so its tokens
 do not depend on what else is in the batch, or on preemption.
 """
@@ -36,11 +38,41 @@ class Sampler:
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.seed()) & 0x7FFF_FFFF)
+        # request id -> (token ids, biases) of requests with a logit_bias (the engine keeps it)
+        self.logit_biases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---- logit_bias -------------------------------------------------------------------------
+    def set_logit_bias(self, request_id: int, bias: dict[int, float] | None) -> None:
+        """Register a request's logit_bias ({token id: value}); None or empty: nothing."""
+        if bias:
+            ids = torch.tensor(list(bias), dtype=torch.long)
+            self.logit_biases[request_id] = (ids, torch.tensor(list(bias.values()), dtype=torch.float32))
+
+    def drop_logit_bias(self, request_id: int) -> None:
+        self.logit_biases.pop(request_id, None)
+
+    def _apply_logit_bias(self, logits: torch.Tensor, plan, copied: bool) -> tuple[torch.Tensor, bool]:
+        """Add each sampled row's bias to its logits (copying them once). Returns (logits, copied)."""
+        biases = self.logit_biases
+        if not biases:
+            return logits, copied
+        req_ids = plan.req_ids
+        for j, r in enumerate(plan.sample_rows.tolist()):
+            entry = biases.get(int(req_ids[r]))
+            if entry is None:
+                continue
+            if not copied:
+                logits, copied = logits.clone(), True
+            ids, values = entry
+            logits[j].index_add_(0, ids, values.to(logits.dtype))
+        return logits, copied
 
     def is_plain_greedy(self, plan) -> bool:
         """Whether every row just takes the argmax: greedy, no logprobs, no penalties, no EOS mask.
         Then the argmax can run where the logits are (on the GPU) and only the ids travel."""
         if len(plan.history_rows) or bool((plan.temperature > 0).any()) or bool((plan.logprobs >= 0).any()):
+            return False
+        if self.logit_biases:
             return False
         return not (len(self.eos) and bool((plan.num_generated < plan.min_tokens).any()))
 
@@ -52,15 +84,17 @@ class Sampler:
         need_logprobs = bool((want_logprobs >= 0).any())
         raw_logprobs = torch.log_softmax(logits, dim=-1) if need_logprobs else None
 
+        logits, copied = self._apply_logit_bias(logits, plan, False)
         hist_rows = plan.history_rows
         if len(hist_rows):
-            logits = logits.clone()
+            logits = logits if copied else logits.clone()
+            copied = True
             self._apply_penalties(logits, plan, hist_rows)
         min_tokens = plan.min_tokens
         if len(self.eos) and bool((min_tokens > 0).any()):
             below = torch.from_numpy(plan.num_generated < min_tokens)
             if bool(below.any()):
-                logits = logits.clone() if not len(hist_rows) else logits
+                logits = logits if copied else logits.clone()
                 rows = below.nonzero().flatten()
                 logits[rows.unsqueeze(1), self.eos.unsqueeze(0)] = float("-inf")
 

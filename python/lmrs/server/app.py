@@ -17,9 +17,11 @@ from lmrs.server.generate import generate
 from lmrs.server.openai_chat import chat_completions
 from lmrs.server.openai_completions import completions
 from lmrs.server.openai_misc import embeddings, list_models
+from lmrs.server.openai_responses import RESPONSES_KEY, create_response, delete_response, get_response, make_store
 from lmrs.server.openapi import build_openapi
 from lmrs.server.settings import ServerSettings
 from lmrs.server.state import STATE_KEY, ServerState, get_state
+from lmrs.server.tokenize import detokenize, tokenize
 
 log = logging.getLogger("lmrs.server")
 
@@ -138,6 +140,13 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    # Responses API (stored responses on core sessions) and the tokenizer routes
+    app[RESPONSES_KEY] = make_store(engine.config)
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{response_id}", get_response)
+    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/openapi.json", openapi_json)

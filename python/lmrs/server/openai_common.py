@@ -50,9 +50,23 @@ def sampling_params(req, max_tokens: int, logprobs: int | None, choice: int) -> 
                               frequency_penalty=req.frequency_penalty, max_tokens=max_tokens,
                               min_tokens=min(req.min_tokens, max_tokens), stop=stop_list(req.stop),
                               ignore_eos=req.ignore_eos, seed=seed, logprobs=logprobs,
-                              skip_special_tokens=req.skip_special_tokens)
+                              skip_special_tokens=req.skip_special_tokens,
+                              logit_bias=logit_bias_ids(req.logit_bias))
     except InvalidParameter as e:
         raise APIError(400, str(e)) from None
+
+
+def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's logit_bias (token ids as JSON object keys) with integer ids; the range and
+    vocabulary checks are SamplingParams' and the input processor's."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        if not key.isascii() or not key.isdigit():
+            raise APIError(400, f"logit_bias: keys must be token ids (non-negative integers as strings), got {key!r}")
+        out[int(key)] = value
+    return out
 
 
 def raise_for_error(d: RequestDelta) -> None:

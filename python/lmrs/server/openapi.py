@@ -30,6 +30,7 @@ class Route:
     stream: tuple[str, type] | None = None  # (media type, chunk schema) when the route can stream
     tag: str = "lmrs"
     description: str = ""
+    path_params: tuple[str, ...] = ()  # names of `{...}` path parameters (strings)
 
 
 ROUTES = [
@@ -45,6 +46,20 @@ ROUTES = [
           ("text/event-stream", p.CompletionResponse), "openai"),
     Route("post", "/v1/embeddings", "Embeddings: mean-pooled final hidden states, L2-normalized",
           p.EmbeddingRequest, p.EmbeddingResponse, tag="openai"),
+    # ---- Responses API and tokenizer routes
+    Route("post", "/v1/responses", "Create a response (OpenAI Responses API) on a server-side session",
+          p.ResponsesRequest, p.ResponseObject, ("text/event-stream", p.ResponseStreamEvent), "openai",
+          "`previous_response_id` continues the session holding that response's KV cache: the follow-up prefills "
+          "only its new input. A follow-up to a response its session has moved past (a branch) starts a new "
+          "session from the stored conversation. Stream: Server-Sent Events `event: <type>` / `data: {event}`."),
+    Route("get", "/v1/responses/{response_id}", "A stored response (only its API key's)", None, p.ResponseObject,
+          tag="openai", path_params=("response_id",)),
+    Route("delete", "/v1/responses/{response_id}", "Delete a stored response and end the session it holds",
+          None, p.ResponseDeleted, tag="openai", path_params=("response_id",)),
+    Route("post", "/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", p.TokenizeRequest,
+          p.TokenizeResponse, tag="lmrs"),
+    Route("post", "/detokenize", "Text of token ids (vLLM's shape)", p.DetokenizeRequest, p.DetokenizeResponse,
+          tag="lmrs"),
     Route("get", "/stats", "Engine statistics: KV block pool (free / used / cached), prefix cache, queues, sessions",
           None, None, tag="operations"),
     Route("get", "/health", "Liveness: 200 when the engine loop is alive, 503 while loading or if it died",
@@ -74,10 +89,17 @@ def build_openapi(model_name: str, *, metrics: bool = True, auth: bool = False) 
         content = {"application/json": {"schema": ref(r.response) if r.response else {"type": "object"}}}
         if r.stream:
             content[r.stream[0]] = {"schema": ref(r.stream[1])}
-        op = {"summary": r.summary, "operationId": r.path.strip("/").replace("/", "_").replace("-", "_") or "root",
+        op_id = r.path.strip("/").replace("/", "_").replace("-", "_").replace("{", "").replace("}", "") or "root"
+        if r.method != "post" and any(q.path == r.path and q.method != r.method for q in ROUTES):
+            op_id = f"{r.method}_{op_id}"
+        op = {"summary": r.summary, "operationId": op_id,
               "tags": [r.tag], "responses": {"200": {"description": r.description or "OK", "content": content}}}
         if r.description:
             op["description"] = r.description
+        if r.path_params:
+            op["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for n in r.path_params]
+            op["responses"]["404"] = errors["404"]
         if r.request is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(r.request)}}}
             op["responses"].update(errors)

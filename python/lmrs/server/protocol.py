@@ -152,6 +152,9 @@ class _Sampling(_Request):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     skip_special_tokens: bool = True
+    logit_bias: Optional[dict[str, float]] = Field(
+        None, description="Token id (as a string) -> bias in [-100, 100] added to its logit before sampling "
+                          "(-100 bans the token, 100 all but forces it); returned logprobs stay the model's own")
 
 
 class ChatCompletionRequest(_Sampling):
@@ -299,3 +302,163 @@ class EmbeddingResponse(_Response):
 class HealthResponse(_Response):
     status: str
     detail: Optional[str] = None
+
+
+# ---- /tokenize and /detokenize (vLLM's shapes) ----------------------------------------------
+class TokenizeRequest(_Request):
+    """Either `prompt` (plain text) or `messages` (rendered with the chat template), not both."""
+
+    model: Optional[str] = Field(None, description="The served model's name (see /v1/models)")
+    prompt: Optional[str] = Field(None, description="Text to tokenize")
+    messages: Optional[list[ChatMessage]] = Field(None, description="A conversation, rendered with the chat template")
+    add_generation_prompt: bool = Field(True, description="With messages: end with the assistant turn's opening")
+    add_special_tokens: Optional[bool] = Field(
+        None, description="Add the tokenizer's special tokens (BOS for models that use one); default true for "
+                          "`prompt`, false for `messages` (the chat template places its own)")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
+
+
+class TokenizeResponse(_Response):
+    tokens: list[int]
+    count: int = Field(description="len(tokens)")
+    max_model_len: int = Field(description="The context length (tokens)")
+
+
+class DetokenizeRequest(_Request):
+    model: Optional[str] = None
+    tokens: list[int] = Field(description="Token ids to turn back into text (special tokens kept)")
+
+
+class DetokenizeResponse(_Response):
+    prompt: str
+
+
+# ---- OpenAI: responses (/v1/responses) ------------------------------------------------------
+#: Input item types of the Responses API this server takes; others get 400 naming the item.
+RESPONSE_ITEM_TYPES = ("message",)
+
+
+class ResponseInputText(_Request):
+    type: Literal["input_text", "output_text"] = Field(
+        description="input_text (user, system, developer) or output_text (a previous assistant reply)")
+    text: str
+
+
+class ResponseInputMessage(_Request):
+    """A message item (`type` may be left out, as in OpenAI's easy input messages)."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: Union[str, list[ResponseInputText]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported_item(cls, data):
+        if isinstance(data, dict) and data.get("type", "message") not in RESPONSE_ITEM_TYPES:
+            raise ValueError(f"type: item type {data.get('type')!r} is not supported by this server "
+                             f"(supported: message items with text content)")
+        return data
+
+
+class ResponseTextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: Optional[str] = None
+    json_schema: Optional[dict[str, Any]] = Field(None, alias="schema", description="With type json_schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = None
+
+
+class ResponseTextConfig(_Request):
+    format: Optional[ResponseTextFormat] = None
+
+
+class ResponsesRequest(_Request):
+    """OpenAI's Responses API. `previous_response_id` continues the server-side session holding
+    that response's KV cache, so a follow-up prefills only its new input."""
+
+    model: Optional[str] = Field(None, description="The served model's name (see /v1/models)")
+    input: Union[str, Annotated[list[ResponseInputMessage], Field(min_length=1)]] = Field(
+        description="A user message, or a list of message items")
+    instructions: Optional[str] = Field(None, description="A system message for this response (not carried over "
+                                                          "to follow-ups, as in OpenAI's API)")
+    previous_response_id: Optional[str] = Field(None, description="Continue the conversation of this stored response")
+    max_output_tokens: Optional[int] = Field(None, ge=1, description="Most new tokens (default 512)")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    stream: bool = False
+    store: bool = Field(True, description="Keep the response (and its session) for GET and previous_response_id; "
+                                          "false: nothing is kept after the call")
+    text: Optional[ResponseTextConfig] = Field(None, description="format: text (json_schema not supported yet: 400)")
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="Not supported yet (400 when non-empty)")
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    metadata: Optional[dict[str, str]] = None
+    user: Optional[str] = None
+
+
+class ResponseOutputText(_Response):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ResponseOutputMessage(_Response):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[ResponseOutputText]
+
+
+class ResponseInputTokensDetails(_Response):
+    cached_tokens: int = Field(description="Input tokens whose KV came from the session or the prefix cache")
+
+
+class ResponseOutputTokensDetails(_Response):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(_Response):
+    input_tokens: int = Field(description="Context tokens: the whole conversation so far plus the new input")
+    input_tokens_details: ResponseInputTokensDetails
+    output_tokens: int
+    output_tokens_details: ResponseOutputTokensDetails
+    total_tokens: int
+
+
+class ResponseObject(_Response):
+    id: str = Field(description="resp_...")
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    model: str
+    output: list[ResponseOutputMessage]
+    instructions: Optional[str] = None
+    previous_response_id: Optional[str] = None
+    max_output_tokens: Optional[int] = None
+    temperature: float
+    top_p: float
+    store: bool
+    error: Optional[dict[str, Any]] = None
+    incomplete_details: Optional[dict[str, Any]] = None
+    usage: Optional[ResponseUsage] = None
+
+
+class ResponseStreamEvent(_Response):
+    """One Server-Sent Event (`event: <type>`): response.created, response.in_progress,
+    response.output_item.added, response.content_part.added, response.output_text.delta,
+    response.output_text.done, response.content_part.done, response.output_item.done,
+    response.completed (or response.incomplete, response.failed, error)."""
+
+    type: str
+    sequence_number: int
+
+
+class ResponseDeleted(_Response):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True
