@@ -13,6 +13,7 @@ keeps nothing. The request is translated into the chat path's request by one fun
 from __future__ import annotations
 
 import asyncio
+import uuid
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
 from lmrs.server.errors import APIError, describe_validation_error, parse_request
-from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, new_id, now, sampling_params
+from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, now, sampling_params
 from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
 from lmrs.server.requests import RequestTimeout
 from lmrs.server.response_store import ResponseStore, StoredResponse
@@ -141,7 +142,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise APIError(404, f"previous_response_id: no stored response {req.previous_response_id!r} (unknown, "
                                 f"deleted, expired, stored with store: false, or made with another API key)")
     plan = plan_turn(state, store, req, owner, prev, new, chat)
-    rid, created = new_id("resp"), now()
+    rid, created = f"resp_{uuid.uuid4().hex[:24]}", now()
     events = ResponseEvents(rid, created, state.settings.model_name, req)
     outcome = _Outcome()
     try:
