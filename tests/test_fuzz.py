@@ -33,6 +33,10 @@ FIELDS = {
                                      "stream_options", "max_tokens", "logprobs", "top_logprobs", "seed", "session_id"],
     protocol.CompletionRequest: ["prompt", "max_tokens", "echo", "suffix", "logprobs", "n", "stop", "temperature"],
     protocol.EmbeddingRequest: ["input", "model", "encoding_format"],
+    protocol.ResponsesRequest: ["input", "instructions", "previous_response_id", "max_output_tokens", "store",
+                                "stream", "text", "tools", "temperature"],
+    protocol.TokenizeRequest: ["prompt", "messages", "add_generation_prompt", "add_special_tokens"],
+    protocol.DetokenizeRequest: ["tokens", "model"],
 }
 
 
@@ -53,7 +57,7 @@ def test_request_validation_never_crashes(model, data):
 @given(kw=st.fixed_dictionaries({}, optional={
     "temperature": JSON, "top_p": JSON, "top_k": JSON, "min_p": JSON, "max_tokens": JSON, "min_tokens": JSON,
     "presence_penalty": JSON, "frequency_penalty": JSON, "repetition_penalty": JSON, "seed": JSON, "logprobs": JSON,
-    "stop": JSON, "stop_token_ids": JSON}))
+    "stop": JSON, "stop_token_ids": JSON, "logit_bias": JSON}))
 def test_sampling_params_validation(kw):
     try:
         p = SamplingParams(**kw)

@@ -17,7 +17,7 @@ import requests
 from server_utils import ServerProcess
 
 KEY_A, KEY_B = "key-a", "key-b"
-SHORT = dict(temperature=0, max_output_tokens=10)
+SHORT = dict(temperature=0, max_output_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def post(server, path, body, key=KEY_A):
     return requests.post(server.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
 
 
-def stateless(client, messages, max_tokens=10):
+def stateless(client, messages, max_tokens=8):
     r = client.chat.completions.create(model="smol", messages=messages, temperature=0, max_tokens=max_tokens)
     return r.choices[0].message.content
 
@@ -78,12 +78,11 @@ def test_three_turns_continue_the_session_and_equal_a_stateless_chat(server, cli
     assert cached >= r2.usage.input_tokens
 
     # Session == stateless: the same conversation resent whole gives the same replies.
-    conv = [{"role": "user", "content": "What is 2+2?"}]
-    assert stateless(client, conv) == r1.output_text
-    conv += [{"role": "assistant", "content": r1.output_text}, {"role": "user", "content": "And 3+3?"}]
-    assert stateless(client, conv) == r2.output_text
-    conv += [{"role": "assistant", "content": r2.output_text}, {"role": "user", "content": "Name a color."}]
+    conv = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": r1.output_text},
+            {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": r2.output_text},
+            {"role": "user", "content": "Name a color."}]
     assert stateless(client, conv) == r3.output_text
+    assert stateless(client, conv[:3]) == r2.output_text
 
     got = client.responses.retrieve(r3.id)
     assert got.id == r3.id and got.output_text == r3.output_text and got.previous_response_id == r2.id
@@ -105,6 +104,25 @@ def test_branches_rebuild_the_conversation(server, client):
     # a second follow-up to `a` (whose session moved on to a2) is a branch too
     a2b = client.responses.create(model="smol", input="Thanks!", previous_response_id=a.id, **SHORT)
     assert a2b.output_text == a2.output_text
+
+
+def test_a_follow_up_whose_session_was_dropped_rebuilds_it(server, client):
+    r1 = client.responses.create(model="smol", input="Pick a number.", **SHORT)
+    dropped = stats(server)["sessions_dropped"]
+    for sid in range(900, 909):  # more new sessions than --max-sessions: r1's idle one is dropped
+        r = post(server, "/generate", {"prompt": "Hi", "session_id": sid, "request_output_len": 0})
+        assert r.status_code == 200, r.text
+    before = stats(server)
+    assert before["sessions_dropped"] > dropped
+    r2 = client.responses.create(model="smol", input="Double it.", previous_response_id=r1.id, **SHORT)
+    # no session pin was there to reuse: the whole conversation was rebuilt (from the prefix cache)
+    assert stats(server)["session_hit_tokens"] == before["session_hit_tokens"]
+    assert r2.output_text == stateless(client, [{"role": "user", "content": "Pick a number."},
+                                                {"role": "assistant", "content": r1.output_text},
+                                                {"role": "user", "content": "Double it."}])
+    for sid in range(900, 909):
+        post(server, "/generate", {"prompt": "", "session_id": sid, "sequence_start": False, "sequence_end": True,
+                                   "request_output_len": 0})
 
 
 def test_instructions_are_a_system_message_not_carried_over(server, client):
