@@ -9,6 +9,7 @@ stateless). Branches (two follow-ups to one response) rebuild the conversation f
 items and are just as correct."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -90,9 +91,14 @@ def test_three_turns_continue_the_session_and_equal_a_stateless_chat(server, cli
 
 def test_branches_rebuild_the_conversation(server, client):
     r1 = client.responses.create(model="smol", input="Tell me a fruit.", **SHORT)
-    a = client.responses.create(model="smol", input="Another one?", previous_response_id=r1.id, **SHORT)
-    # r1's session has moved on to `a`: this branch starts a new session from the stored items.
-    b = client.responses.create(model="smol", input="What color is it?", previous_response_id=r1.id, **SHORT)
+    # Two follow-ups to r1 at once: one continues r1's session, the other starts a new session
+    # from the stored items (whichever claims the session first).
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(client.responses.create, model="smol", input="Another one?", previous_response_id=r1.id,
+                         **SHORT)
+        fb = pool.submit(client.responses.create, model="smol", input="What color is it?",
+                         previous_response_id=r1.id, **SHORT)
+        a, b = fa.result(), fb.result()
     # and `a`, no longer its session's only future, still continues correctly
     a2 = client.responses.create(model="smol", input="Thanks!", previous_response_id=a.id, **SHORT)
     base = [{"role": "user", "content": "Tell me a fruit."}, {"role": "assistant", "content": r1.output_text}]

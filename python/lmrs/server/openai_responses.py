@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import SamplingParams
@@ -27,7 +28,7 @@ from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, now, sampling_par
 from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
 from lmrs.server.requests import RequestTimeout
 from lmrs.server.response_store import ResponseStore, StoredResponse
-from lmrs.server.responses_stream import ResponseEvents, response_body
+from lmrs.server.responses_stream import ResponseEvents
 from lmrs.server.state import ServerState, api_key_of, get_state
 
 log = logging.getLogger("lmrs.server")
@@ -86,7 +87,7 @@ def chat_request_of(req: ResponsesRequest, messages: list[dict]) -> ChatCompleti
         raise APIError(400, "tools: tool calls are not supported by this server's Responses API yet")
     try:
         return ChatCompletionRequest.model_validate(body)
-    except Exception as e:  # noqa: BLE001 - a pydantic ValidationError: name the field
+    except ValidationError as e:
         raise APIError(400, describe_validation_error(e)) from None
 
 
@@ -255,4 +256,4 @@ async def delete_response(request: web.Request) -> web.Response:
 
 
 __all__ = ["create_response", "get_response", "delete_response", "make_store", "RESPONSES_KEY", "chat_request_of",
-           "input_messages", "response_body"]
+           "input_messages"]
