@@ -8,12 +8,13 @@ and its replies equal a stateless chat-completions run of the same conversation 
 stateless). Branches (two follow-ups to one response) rebuild the conversation from the stored
 items and are just as correct."""
 
-import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 import requests
+from openapi_spec_validator import validate
 
 from server_utils import ServerProcess
 
@@ -223,6 +224,30 @@ def test_streaming_events_parsed_by_the_sdk(server, client):
     assert client.responses.retrieve(got.id).output_text == got.output_text
 
 
+def test_a_stream_left_early_keeps_no_response_and_no_session(server, client):
+    r1 = client.responses.create(model="smol", input="Tell me a story.", **SHORT)
+    sessions = stats(server)["sessions"]
+    body = {"input": "Go on, at length.", "previous_response_id": r1.id, "stream": True, "temperature": 0,
+            "max_output_tokens": 200}
+    with requests.post(server.url + "/v1/responses", json=body, stream=True, timeout=300,
+                       headers={"Authorization": f"Bearer {KEY_A}"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if b"response.output_text.delta" in line:
+                break  # leave after the first piece of text
+    # the aborted turn's session matched no response any more: it is ended
+    deadline = time.time() + 60
+    while stats(server)["sessions"] != sessions - 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert stats(server)["sessions"] == sessions - 1
+    server.wait_idle(headers={"Authorization": f"Bearer {KEY_A}"})
+    # r1 is still there, and a follow-up rebuilds its conversation
+    again = client.responses.create(model="smol", input="Why?", previous_response_id=r1.id, **SHORT)
+    assert again.output_text == stateless(client, [{"role": "user", "content": "Tell me a story."},
+                                                   {"role": "assistant", "content": r1.output_text},
+                                                   {"role": "user", "content": "Why?"}])
+
+
 @pytest.mark.parametrize("body, status, field", [
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, 400, "input.0"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, 400,
@@ -323,9 +348,9 @@ def test_bad_logit_bias(server, bias, field):
 
 def test_openapi_documents_the_new_routes(server):
     doc = requests.get(server.url + "/openapi.json", timeout=30).json()
+    validate(doc)
     for path in ("/v1/responses", "/v1/responses/{response_id}", "/tokenize", "/detokenize"):
         assert path in doc["paths"], path
     assert set(doc["paths"]["/v1/responses/{response_id}"]) == {"get", "delete"}
     assert "logit_bias" in doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert "previous_response_id" in doc["components"]["schemas"]["ResponsesRequest"]["properties"]
-    json.dumps(doc)

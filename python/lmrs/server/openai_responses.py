@@ -207,9 +207,14 @@ def _finish_turn(state: ServerState, store: ResponseStore, plan: TurnPlan, req: 
         _end_session_soon(state, store, sid, owner)
 
 
+_ending: set[asyncio.Task] = set()  # end_session tasks in flight (a reference keeps each alive)
+
+
 def _end_session_soon(state: ServerState, store: ResponseStore, sid: int, owner: str | None) -> None:
     store.forget_session(sid)
-    asyncio.ensure_future(end_session(state, sid, owner))
+    task = asyncio.ensure_future(end_session(state, sid, owner))
+    _ending.add(task)
+    task.add_done_callback(_ending.discard)
 
 
 async def end_session(state: ServerState, sid: int, owner: str | None) -> None:
