@@ -1,4 +1,5 @@
-"""The official openai SDK against lmrs: chat (plain and streamed), completions, embeddings.
+"""The official openai SDK against lmrs: chat (plain and streamed), completions, embeddings, and a
+Responses API conversation on a server-side session.
 
     pip install openai
     python examples/openai_client.py [http://127.0.0.1:23333]
@@ -28,3 +29,9 @@ print(client.completions.create(model=model, prompt="The quick brown fox", max_t
 
 emb = client.embeddings.create(model=model, input=["The sea is blue.", "Cats purr."])
 print(len(emb.data), "embeddings of size", len(emb.data[0].embedding))
+
+# The Responses API: the follow-up continues the server-side session (only its new input is prefilled).
+r1 = client.responses.create(model=model, input="Name a fruit.", instructions="Be brief.", max_output_tokens=16)
+r2 = client.responses.create(model=model, input="What color is it?", instructions="Be brief.",
+                             previous_response_id=r1.id, max_output_tokens=16)
+print(r2.output_text, f"[{r2.usage.input_tokens_details.cached_tokens} of {r2.usage.input_tokens} input tokens reused]")
