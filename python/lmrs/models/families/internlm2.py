@@ -12,12 +12,17 @@ permuted q/k rows; both are undone on load, so a GGUF converts back into the pac
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from ..family import GGUF_BLOCK_NAMES, DecoderFamily
 from ..layers import GatedMLP
+from ..quantized import QuantizedTensor
 from ..registry import register
+
+log = logging.getLogger(__name__)
 
 _NAMES = {
     "attn_norm": "attention_norm",
@@ -43,8 +48,22 @@ def pack_wqkv(q, k, v, num_kv_heads: int, head_dim: int):
     return cat.reshape(-1, *cols)
 
 
+def pack_quantized_wqkv(q: QuantizedTensor, k: QuantizedTensor, v: QuantizedTensor, num_kv_heads: int,
+                        head_dim: int) -> QuantizedTensor | None:
+    """:func:`pack_wqkv` on weights kept quantized (a row concatenation and permutation); None when the
+    parts have different GGML types (a K-quant mix's Q6_K attn_v), which one quantized weight cannot hold."""
+    if not (q.qtype == k.qtype == v.qtype):
+        return None
+    nq, nk = q.rows, k.rows
+    order = pack_wqkv(torch.arange(nq), torch.arange(nq, nq + nk), torch.arange(nq + nk, nq + 2 * nk),
+                      num_kv_heads, head_dim)
+    return QuantizedTensor.concat_rows([q, k, v]).take_rows(order)
+
+
 def unpack_wqkv(w, num_heads: int, num_kv_heads: int, head_dim: int):
-    """InternLM2's grouped wqkv rows -> (q, k, v) rows."""
+    """InternLM2's grouped wqkv rows -> (q, k, v) rows (numpy, torch or QuantizedTensor)."""
+    if isinstance(w, QuantizedTensor):
+        return tuple(w.take_rows(ids) for ids in unpack_wqkv(torch.arange(w.rows), num_heads, num_kv_heads, head_dim))
     cols = w.shape[1:]
     group = num_heads // num_kv_heads
     g = w.reshape(num_kv_heads, group + 2, head_dim, *cols)
@@ -97,7 +116,7 @@ class InternLM2Family(DecoderFamily):
         a = self.layer_prefix(i) + "attention."
         unpack = lambda t: unpack_wqkv(t, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
         biases = list(unpack(f.tensor(a + "wqkv.bias"))) if cfg.attention_bias else None
-        return f.column(*unpack(f.tensor(a + "wqkv.weight")), biases=biases)
+        return f.column(*unpack(f.weight(a + "wqkv.weight")), biases=biases)
 
     def attention(self, cfg, f, i, rotaries):
         from ..layers import SelfAttention
@@ -125,7 +144,17 @@ class InternLM2Family(DecoderFamily):
         if len(parts) < 3:
             return []
         del pending[packed]
-        return [(packed, pack_wqkv(parts["wq"], parts["wk"], parts["wv"], cfg.num_key_value_heads, cfg.head_dim))]
+        q, k, v = parts["wq"], parts["wk"], parts["wv"]
+        if any(isinstance(x, QuantizedTensor) for x in (q, k, v)):
+            kept = None
+            if all(isinstance(x, QuantizedTensor) for x in (q, k, v)):
+                kept = pack_quantized_wqkv(q, k, v, cfg.num_key_value_heads, cfg.head_dim)
+            if kept is not None:
+                return [(packed, kept)]
+            # parts of different types: this one weight is dequantized (float32, as without keep_quantized)
+            log.info("%s: q/k/v of mixed types are dequantized to pack wqkv", packed)
+            q, k, v = (x.dequantize().numpy() if isinstance(x, QuantizedTensor) else x for x in (q, k, v))
+        return [(packed, pack_wqkv(q, k, v, cfg.num_key_value_heads, cfg.head_dim))]
 
 
 INTERNLM2 = register(InternLM2Family())
