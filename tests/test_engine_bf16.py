@@ -1,18 +1,23 @@
-"""bfloat16 (the fast CPU path, with its small-batch int4/int8 weight twins): the first-step top-5
-ids of the golden prompts match the float32 Hugging Face reference, their log-probabilities are
-each within 0.2 and on average within 0.05 (bfloat16 weights rounded from the Q4_1 dequantized
-values, over 30 layers: measured worst 0.12 on chat_hi, mean 0.03); greedy outputs agree with the
-reference except at near-ties."""
+"""bfloat16, both CPU weight paths: `quantized` (the engine's default for a GGUF: the Q4_1/Q8_0 blocks kept
+as they are, `QuantizedLinear`) and `dense` (`gguf_weights="dequantize"`: bfloat16 weights with the
+small-batch int4/int8 twins). The first-step top-5 ids of the golden prompts match the float32 Hugging
+Face reference, their log-probabilities are each within 0.2 and on average within 0.05 (dense: bfloat16
+weights rounded from the Q4_1 dequantized values, over 30 layers: measured worst 0.12 on chat_hi, mean
+0.03; quantized: the exact weights, bfloat16 activations only in >8-row products on AVX512-BF16); greedy
+outputs agree with the reference except at near-ties."""
 
 import pytest
 
 from conftest import make_engine
 from lmrs import SamplingParams
+from lmrs.models.loader import load_model_files
 
 
-@pytest.fixture(scope="module")
-def bf16(smollm2):
-    return make_engine(smollm2, dtype="bfloat16")
+@pytest.fixture(scope="module", params=["quantized", "dense"])
+def bf16(request, smollm2, smollm2_path):
+    if request.param == "dense":
+        return make_engine(smollm2, dtype="bfloat16")
+    return make_engine(load_model_files(smollm2_path, progress=False, gguf_weights="quantized"), dtype="bfloat16")
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])

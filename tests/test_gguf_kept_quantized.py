@@ -26,6 +26,7 @@ from lmrs import Engine, SamplingParams
 from lmrs.kernels import cpu as cpu_kernels
 from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.models.linear import Linear
+from lmrs.models import quantized
 from lmrs.models.loader import load_model_files
 from lmrs.models.quantized import QuantizedEmbedding, QuantizedLinear
 from lmrs.models.registry import build_model
@@ -148,16 +149,23 @@ def test_every_projection_is_kept_quantized_and_exact(pair):
     assert torch.equal(head.table.dequantize(), ref.head.linear.weight)
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["native", "portable"])
-def test_prefill_logits_close_to_the_float32_model(pair, portable):
+@pytest.mark.parametrize("path", ["native", "portable", "bf16-activations"])
+def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
+    """`bf16-activations`: the >8-row products take bfloat16 activations, as on AVX512-BF16 machines (here
+    converted to float32 in the kernel: the same rounding, another summation order)."""
     ids = random_prompt(40, seed=5)
     ref = prefill_logits(build_model(pair.dense.config, pair.dense.weights, dtype=torch.float32), ids)
-    cpu_kernels.force_portable(portable)
+    if path == "bf16-activations":
+        monkeypatch.setattr(quantized, "native_bf16", lambda: True)
+    cpu_kernels.force_portable(path == "portable")
     try:
-        ours = prefill_logits(build_model(pair.kept.config, pair.kept.weights, dtype=torch.bfloat16), ids)
+        model = build_model(pair.kept.config, pair.kept.weights, dtype=torch.bfloat16)
+        assert model.compute_dtype(len(ids)) == (torch.bfloat16 if path == "bf16-activations" else torch.float32)
+        ours = prefill_logits(model, ids)
     finally:
         cpu_kernels.force_portable(False)
     err = float((ours - ref).abs().max())
+    print(f"\nMEASURE {pair.name} {path} err={err:.4f} span={float(ref.abs().max()):.2f}")
     assert err < LOGIT_TOLERANCE, (pair.name, err)
     agree = ours.argmax(-1) == ref.argmax(-1)
     top2 = ref.topk(2).values

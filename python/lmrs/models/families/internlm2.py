@@ -12,8 +12,6 @@ permuted q/k rows; both are undone on load, so a GGUF converts back into the pac
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
@@ -21,8 +19,6 @@ from ..family import GGUF_BLOCK_NAMES, DecoderFamily
 from ..layers import GatedMLP
 from ..quantized import QuantizedTensor
 from ..registry import register
-
-log = logging.getLogger(__name__)
 
 _NAMES = {
     "attn_norm": "attention_norm",
@@ -48,22 +44,30 @@ def pack_wqkv(q, k, v, num_kv_heads: int, head_dim: int):
     return cat.reshape(-1, *cols)
 
 
-def pack_quantized_wqkv(q: QuantizedTensor, k: QuantizedTensor, v: QuantizedTensor, num_kv_heads: int,
-                        head_dim: int) -> QuantizedTensor | None:
-    """:func:`pack_wqkv` on weights kept quantized (a row concatenation and permutation); None when the
-    parts have different GGML types (a K-quant mix's Q6_K attn_v), which one quantized weight cannot hold."""
-    if not (q.qtype == k.qtype == v.qtype):
-        return None
-    nq, nk = q.rows, k.rows
-    order = pack_wqkv(torch.arange(nq), torch.arange(nq, nq + nk), torch.arange(nq + nk, nq + 2 * nk),
-                      num_kv_heads, head_dim)
-    return QuantizedTensor.concat_rows([q, k, v]).take_rows(order)
+class PackedQKV:
+    """InternLM2's packed ``wqkv`` weight held as its q, k and v parts kept quantized (a K-quant mix stores
+    ``attn_v`` in another type than ``attn_q`` / ``attn_k``, so one quantized weight cannot hold the packed
+    rows): :func:`unpack_wqkv` returns the parts, :meth:`dequantize` the packed float32 rows."""
+
+    def __init__(self, q, k, v, num_kv_heads: int, head_dim: int):
+        self.q, self.k, self.v = q, k, v  #: the parts (QuantizedTensor or float tensors), HF q / k / v rows
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+        self.shape = (q.shape[0] + k.shape[0] + v.shape[0], q.shape[-1])  #: the packed weight's shape
+
+    def dequantize(self) -> torch.Tensor:
+        parts = [x.dequantize() if isinstance(x, QuantizedTensor) else torch.as_tensor(x).float()
+                 for x in (self.q, self.k, self.v)]
+        return pack_wqkv(*parts, self.num_kv_heads, self.head_dim)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in (self.q, self.k, self.v))
 
 
 def unpack_wqkv(w, num_heads: int, num_kv_heads: int, head_dim: int):
     """InternLM2's grouped wqkv rows -> (q, k, v) rows (numpy, torch or QuantizedTensor)."""
-    if isinstance(w, QuantizedTensor):
-        return tuple(w.take_rows(ids) for ids in unpack_wqkv(torch.arange(w.rows), num_heads, num_kv_heads, head_dim))
+    if isinstance(w, PackedQKV):
+        return w.q, w.k, w.v
     cols = w.shape[1:]
     group = num_heads // num_kv_heads
     g = w.reshape(num_kv_heads, group + 2, head_dim, *cols)
@@ -145,15 +149,10 @@ class InternLM2Family(DecoderFamily):
             return []
         del pending[packed]
         q, k, v = parts["wq"], parts["wk"], parts["wv"]
-        if any(isinstance(x, QuantizedTensor) for x in (q, k, v)):
-            kept = None
-            if all(isinstance(x, QuantizedTensor) for x in (q, k, v)):
-                kept = pack_quantized_wqkv(q, k, v, cfg.num_key_value_heads, cfg.head_dim)
-            if kept is not None:
-                return [(packed, kept)]
-            # parts of different types: this one weight is dequantized (float32, as without keep_quantized)
-            log.info("%s: q/k/v of mixed types are dequantized to pack wqkv", packed)
-            q, k, v = (x.dequantize().numpy() if isinstance(x, QuantizedTensor) else x for x in (q, k, v))
+        if any(isinstance(x, QuantizedTensor) for x in (q, k, v)):  # kept quantized: the parts, unpacked at build
+            q, k, v = (x if isinstance(x, QuantizedTensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                       for x in (q, k, v))
+            return [(packed, PackedQKV(q, k, v, cfg.num_key_value_heads, cfg.head_dim))]
         return [(packed, pack_wqkv(q, k, v, cfg.num_key_value_heads, cfg.head_dim))]
 
 

@@ -48,21 +48,21 @@ class LayerFactory:
             w = self.weights[name]
         except KeyError:
             raise ValueError(f"the checkpoint has no tensor {name!r}") from None
-        if isinstance(w, QuantizedTensor):
-            return w if self.keep_quantized else w.dequantize().to(device=self.device)
-        return w.to(device=self.device)
+        return self._get(w)
 
     def tensor(self, name: str) -> torch.Tensor:
         """A checkpoint tensor on the device, in its checkpoint dtype (float32 for a quantized weight)."""
         w = self.weight(name)
-        return w.dequantize() if isinstance(w, QuantizedTensor) else w
+        return w if isinstance(w, torch.Tensor) else w.dequantize()
 
-    def _get(self, t: str | torch.Tensor | QuantizedTensor) -> torch.Tensor | QuantizedTensor:
+    def _get(self, t):
+        """A tensor on the device; a weight kept quantized (a QuantizedTensor, or a family's holder of
+        quantized parts with a `dequantize()`) as it is when this model runs it so, else dequantized."""
         if isinstance(t, str):
             return self.weight(t)
-        if isinstance(t, QuantizedTensor):
-            return t if self.keep_quantized else t.dequantize().to(device=self.device)
-        return t.to(device=self.device)
+        if isinstance(t, torch.Tensor):
+            return t.to(device=self.device)
+        return t if self.keep_quantized else t.dequantize().to(device=self.device)
 
     def fused(self, parts: Sequence[str | torch.Tensor | QuantizedTensor],
               biases: Sequence[str | torch.Tensor] | None = None, *,
