@@ -1,24 +1,30 @@
-"""bfloat16 (the fast CPU path, with its small-batch int4/int8 weight twins): the first-step top-5
-ids of the golden prompts match the float32 Hugging Face reference, their log-probabilities are
-each within 0.2 and on average within 0.05 (bfloat16 weights rounded from the Q4_1 dequantized
-values, over 30 layers: measured worst 0.12 on chat_hi, mean 0.03); greedy outputs agree with the
-reference except at near-ties."""
+"""bfloat16, both CPU weight paths: `quantized` (the engine's default for a GGUF: the Q4_1/Q8_0 blocks kept
+as they are, `QuantizedLinear`) and `dense` (`gguf_weights="dequantize"`: bfloat16 weights with the
+small-batch int4/int8 twins). The first-step top-5 ids of the golden prompts match the float32 Hugging
+Face reference, their log-probabilities are each within 0.2 and on average within 0.05 (dense: bfloat16
+weights rounded from the Q4_1 dequantized values, over 30 layers: measured worst 0.12 on chat_hi, mean
+0.03; quantized: the exact weights, bfloat16 activations only in >8-row products on AVX512-BF16: measured
+worst 0.05 here, without AVX512-BF16); the 5th and 6th may swap where they are within 0.05; greedy outputs
+agree with the reference except at near-ties."""
 
 import pytest
 
 from conftest import make_engine
 from lmrs import SamplingParams
+from lmrs.models.loader import load_model_files
 
 
-@pytest.fixture(scope="module")
-def bf16(smollm2):
-    return make_engine(smollm2, dtype="bfloat16")
+@pytest.fixture(scope="module", params=["quantized", "dense"])
+def bf16(request, smollm2, smollm2_path):
+    if request.param == "dense":
+        return make_engine(smollm2, dtype="bfloat16")
+    return make_engine(load_model_files(smollm2_path, progress=False, gguf_weights="quantized"), dtype="bfloat16")
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
 def test_first_step_top5_matches_reference(bf16, golden, batched):
     prompts = golden["prompts"]
-    sp = SamplingParams(temperature=0, max_tokens=1, logprobs=5)
+    sp = SamplingParams(temperature=0, max_tokens=1, logprobs=6)
     if batched:
         outs = bf16.generate([p["prompt_token_ids"] for p in prompts], sp)
     else:
@@ -28,7 +34,12 @@ def test_first_step_top5_matches_reference(bf16, golden, batched):
         ref = p["first_step_top5"]
         top = o.outputs[0].logprobs[0]["top"]
         ours = {tid: lp for tid, lp in top}
-        assert set(ours) == set(ref["ids"]), (p["id"], sorted(ours), ref["ids"])
+        top5 = [tid for tid, _ in top[:5]]
+        if set(top5) != set(ref["ids"]):
+            # only a near-tie at the boundary: the reference's 5th is our 6th, within 0.05 of our 5th (raw_fox on
+            # the quantized path: the reference's 5th and 6th are 0.045 apart)
+            assert set(top5) - set(ref["ids"]) == {top[4][0]} and top[5][0] == ref["ids"][4], (p["id"], top, ref["ids"])
+            assert top[4][1] - top[5][1] < 0.05, (p["id"], top)
         for tid, lp in zip(ref["ids"], ref["logprobs"]):
             assert abs(ours[tid] - lp) < 0.2, (p["id"], tid, ours[tid], lp)
             deviations.append(abs(ours[tid] - lp))

@@ -21,6 +21,7 @@ import torch
 from lmrs.models.errors import ModelLoadError, UnsupportedQuantizationError
 from lmrs.models.gguf_loader import load_gguf, permute_qk, unpermute_qk
 from lmrs.models.testing import make_tiny_gguf
+from lmrs.models.quantized import QuantizedTensor
 
 QK = 256
 
@@ -145,6 +146,16 @@ def test_quantized_gguf_loads_within_error(tmp_path, qtype, arch):
         rel_max = (err.abs().max() / w.abs().max()).item()
         assert rel_rms < BOUNDS[qtype][0] and rel_max < BOUNDS[qtype][1], (name, rel_rms, rel_max)
         assert rel_rms > 0 or qtype in ("F16", "BF16")
+    # kept quantized (the 16-bit CPU path): the same weights, in the file's blocks, un-permuted on quantized rows
+    kept = load_gguf(path, progress=False, keep_quantized=True)
+    assert set(kept.weights) == set(weights)
+    for name, w in kept.weights.items():
+        if isinstance(w, QuantizedTensor):
+            assert qtype not in ("F16", "BF16") and w.type_name == qtype, name
+            assert torch.equal(w.dequantize(), contents.weights[name]), name
+        else:
+            assert contents.weights[name].ndim == 1 or qtype in ("F16", "BF16"), name
+            assert torch.equal(w, contents.weights[name]), name
 
 
 def test_unsupported_quantization_type(tmp_path):

@@ -58,6 +58,15 @@ def _num_blocks(cfg: EngineConfig, per_block: int, device: str) -> int:
     return int(n)
 
 
+def gguf_weights_mode(cfg: EngineConfig, device: str) -> str:
+    """How a GGUF's quantized weights are loaded: kept quantized (one copy, run by the Rust kernels) for a
+    16-bit model on the CPU, unless the config asks for dense copies (``gguf_weights="dequantize"``: more
+    memory, faster large batches); dequantized for the float32 reference and for other devices."""
+    if str(device) != "cpu" or resolve_dtype(cfg.dtype, device, None) == torch.float32:
+        return "dequantize"
+    return getattr(cfg, "gguf_weights", "quantized")
+
+
 def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> EngineParts:
     cfg.validate()
     device = str(cfg.device)
@@ -68,7 +77,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
     owned = loaded is None
     if loaded is None:
         path = cfg.model or default_model_path()
-        loaded = load_model_files(path, progress=cfg.progress)
+        loaded = load_model_files(path, progress=cfg.progress, gguf_weights=gguf_weights_mode(cfg, device))
     mc = loaded.config
     dtype = resolve_dtype(cfg.dtype, device, mc.torch_dtype)
     model = build_model(mc, loaded.weights, dtype=dtype, device=device)

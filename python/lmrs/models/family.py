@@ -30,6 +30,7 @@ from .layers import (AttentionSpec, GatedMLP, LayerFactory, LMHead, PreNormBlock
                      SparseMoE, TokenEmbedding)
 from .layers.mlp import ACTIVATIONS
 from .linear import SINGLE, ParallelContext
+from .quantized import QuantizedTensor
 
 __all__ = ["Family", "DecoderFamily", "GGUF_GLOBAL_NAMES", "GGUF_BLOCK_NAMES", "permute_qk", "unpermute_qk"]
 
@@ -63,7 +64,12 @@ def permute_qk(w, n_head: int):
 
 
 def unpermute_qk(w, n_head: int):
-    """Undo :func:`permute_qk` (GGUF layout -> HF layout); works on numpy arrays and torch tensors."""
+    """Undo :func:`permute_qk` (GGUF layout -> HF layout); works on numpy arrays, torch tensors and
+    :class:`~lmrs.models.quantized.QuantizedTensor` (a row permutation of its quantized rows)."""
+    if isinstance(w, QuantizedTensor):
+        from .gguf_quantized import llama_qk_row_order
+
+        return w.permute_rows(llama_qk_row_order(n_head, w.rows // n_head))
     shape = w.shape
     return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
@@ -109,8 +115,9 @@ class Family(ABC):
         """The checkpoint name of a GGUF tensor (None: not part of this family's layout)."""
 
     @abstractmethod
-    def gguf_tensors(self, cfg: ModelConfig, name: str, array: np.ndarray, pending: dict) -> list[tuple[str, np.ndarray]]:
-        """Checkpoint-named arrays for one GGUF tensor."""
+    def gguf_tensors(self, cfg: ModelConfig, name: str, array: np.ndarray | QuantizedTensor,
+                     pending: dict) -> list[tuple[str, np.ndarray | QuantizedTensor]]:
+        """Checkpoint-named arrays (or weights kept quantized) for one GGUF tensor."""
 
     @abstractmethod
     def build(self, cfg: ModelConfig, weights: Mapping[str, torch.Tensor], *, dtype: torch.dtype,
@@ -291,7 +298,8 @@ class DecoderFamily(Family):
     def gguf_tensors(self, cfg: ModelConfig, name: str, array: np.ndarray,
                      pending: dict) -> list[tuple[str, np.ndarray]]:
         """HF-named arrays for one GGUF tensor (un-permuted q/k, norm offsets removed). `pending`
-        is per-load scratch for families that combine several GGUF tensors into one."""
+        is per-load scratch for families that combine several GGUF tensors into one. `array` may be a
+        QuantizedTensor (a weight kept quantized): only row permutations and concatenations apply to it."""
         hf = self.gguf_to_hf_name(name)
         if self.gguf_permuted_qk and f"{self.attn_prefix}{self.q_name}." in hf:
             array = unpermute_qk(array, cfg.num_attention_heads)

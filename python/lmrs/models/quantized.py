@@ -27,7 +27,8 @@ import torch
 from lmrs import _core
 from lmrs.kernels import cpu as _cpu
 
-__all__ = ["QuantizedTensor", "QuantizedLinear", "QuantizedEmbedding", "KEPT_QUANTIZED", "ggml_type", "prefers_float32"]
+__all__ = ["QuantizedTensor", "QuantizedLinear", "QuantizedEmbedding", "KEPT_QUANTIZED", "ggml_type", "prefers_float32",
+           "keeps_quantized", "weight_nbytes"]
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -193,6 +194,16 @@ class QuantizedTensor:
                                    ids.data_ptr(), ids.numel(), out.ctypes.data, out.nbytes)
         return out
 
+    def __getitem__(self, index: int) -> "QuantizedTensor":
+        """Matrix `index` of a stacked [n, out, in] weight (one expert), as a 2-D weight (a copy of its rows)."""
+        if len(self.shape) != 3 or not isinstance(index, int):
+            raise TypeError(f"only a stacked [n, out, in] weight can be indexed by an int, this one is {self.shape}")
+        n, out = self.shape[0], self.shape[1]
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for {n} stacked matrices")
+        index %= n
+        return self.select_rows(index * out, (index + 1) * out)
+
     def take_rows(self, ids) -> "QuantizedTensor":
         """A new 2-D weight whose row i is row ids[i] of this one (flattened rows)."""
         ids = _int64(ids)
@@ -277,6 +288,17 @@ class QuantizedTensor:
                                   out.data_ptr() + out_col * out.element_size(), out.stride(0),
                                   _DTYPE_CODE[out.dtype], self._addr, bias_addr, _cpu.THREADS)
         return out
+
+
+def keeps_quantized(dtype: torch.dtype, device) -> bool:
+    """Whether a model in `dtype` on `device` runs GGUF-quantized weights as they are (the CPU in a 16-bit
+    dtype); float32 is the exactness reference and dequantizes them, other devices get float copies."""
+    return dtype != torch.float32 and torch.device(device).type == "cpu"
+
+
+def weight_nbytes(w) -> int:
+    """Bytes a weight holds: a QuantizedTensor's packed buffer or a tensor's elements."""
+    return w.nbytes if isinstance(w, QuantizedTensor) else w.numel() * w.element_size()
 
 
 #: rows up to which products stream the weight (memory-bound; float32 activations cost nothing extra)

@@ -17,6 +17,7 @@ import torch
 
 from ..family import GGUF_BLOCK_NAMES, DecoderFamily
 from ..layers import GatedMLP
+from ..quantized import QuantizedTensor
 from ..registry import register
 
 _NAMES = {
@@ -43,8 +44,30 @@ def pack_wqkv(q, k, v, num_kv_heads: int, head_dim: int):
     return cat.reshape(-1, *cols)
 
 
+class PackedQKV:
+    """InternLM2's packed ``wqkv`` weight held as its q, k and v parts kept quantized (a K-quant mix stores
+    ``attn_v`` in another type than ``attn_q`` / ``attn_k``, so one quantized weight cannot hold the packed
+    rows): :func:`unpack_wqkv` returns the parts, :meth:`dequantize` the packed float32 rows."""
+
+    def __init__(self, q, k, v, num_kv_heads: int, head_dim: int):
+        self.q, self.k, self.v = q, k, v  #: the parts (QuantizedTensor or float tensors), HF q / k / v rows
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+        self.shape = (q.shape[0] + k.shape[0] + v.shape[0], q.shape[-1])  #: the packed weight's shape
+
+    def dequantize(self) -> torch.Tensor:
+        parts = [x.dequantize() if isinstance(x, QuantizedTensor) else torch.as_tensor(x).float()
+                 for x in (self.q, self.k, self.v)]
+        return pack_wqkv(*parts, self.num_kv_heads, self.head_dim)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in (self.q, self.k, self.v))
+
+
 def unpack_wqkv(w, num_heads: int, num_kv_heads: int, head_dim: int):
-    """InternLM2's grouped wqkv rows -> (q, k, v) rows."""
+    """InternLM2's grouped wqkv rows -> (q, k, v) rows (numpy, torch or QuantizedTensor)."""
+    if isinstance(w, PackedQKV):
+        return w.q, w.k, w.v
     cols = w.shape[1:]
     group = num_heads // num_kv_heads
     g = w.reshape(num_kv_heads, group + 2, head_dim, *cols)
@@ -97,7 +120,7 @@ class InternLM2Family(DecoderFamily):
         a = self.layer_prefix(i) + "attention."
         unpack = lambda t: unpack_wqkv(t, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
         biases = list(unpack(f.tensor(a + "wqkv.bias"))) if cfg.attention_bias else None
-        return f.column(*unpack(f.tensor(a + "wqkv.weight")), biases=biases)
+        return f.column(*unpack(f.weight(a + "wqkv.weight")), biases=biases)
 
     def attention(self, cfg, f, i, rotaries):
         from ..layers import SelfAttention
@@ -125,7 +148,12 @@ class InternLM2Family(DecoderFamily):
         if len(parts) < 3:
             return []
         del pending[packed]
-        return [(packed, pack_wqkv(parts["wq"], parts["wk"], parts["wv"], cfg.num_key_value_heads, cfg.head_dim))]
+        q, k, v = parts["wq"], parts["wk"], parts["wv"]
+        if any(isinstance(x, QuantizedTensor) for x in (q, k, v)):  # kept quantized: the parts, unpacked at build
+            q, k, v = (x if isinstance(x, QuantizedTensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                       for x in (q, k, v))
+            return [(packed, PackedQKV(q, k, v, cfg.num_key_value_heads, cfg.head_dim))]
+        return [(packed, pack_wqkv(q, k, v, cfg.num_key_value_heads, cfg.head_dim))]
 
 
 INTERNLM2 = register(InternLM2Family())

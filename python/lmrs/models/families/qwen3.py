@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import MoEConfig
 from ..family import GGUF_BLOCK_NAMES
+from ..quantized import QuantizedTensor
 from ..registry import register
 from .llama import Qwen2Family
 
@@ -77,7 +78,8 @@ class Qwen3MoeFamily(Qwen3Family):
         stem = name.split(".")[2] if name.startswith("blk.") else ""
         if stem in _STACKED:  # [E, rows, cols] -> one tensor per expert
             prefix = self.gguf_to_hf_name(name).rsplit(".", 2)[0]  # model.layers.N.mlp.experts
-            return [(f"{prefix}.{e}.{_STACKED[stem]}.weight", np.ascontiguousarray(array[e]))
+            return [(f"{prefix}.{e}.{_STACKED[stem]}.weight",
+                     array[e] if isinstance(array, QuantizedTensor) else np.ascontiguousarray(array[e]))
                     for e in range(array.shape[0])]
         return super().gguf_tensors(cfg, name, array, pending)
 

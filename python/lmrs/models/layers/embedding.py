@@ -6,6 +6,10 @@ float32 logits: one product in float32; in 16-bit dtypes the product runs in tha
 `REFINE_TOP` largest logits of each row are recomputed in float32 from float32 weights (so the
 tokens that matter carry float32 precision); then optional final soft-capping (Gemma 2:
 c * tanh(logit / c)). A tied head shares the embedding table.
+
+A table kept quantized (`QuantizedTensor`, in a 16-bit CPU model) is one copy that serves all three:
+the lookup (exactly dequantized rows), the head's logits (the quantized product) and the float32
+refinement of the top logits (from exactly dequantized rows); no float copy of it is made.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..linear import Linear
+from ..quantized import QuantizedEmbedding, QuantizedTensor, keeps_quantized
 
 __all__ = ["TokenEmbedding", "LMHead"]
 
@@ -24,19 +29,31 @@ class TokenEmbedding:
     def __init__(self, weight: torch.Tensor, *, dtype: torch.dtype, device: torch.device | str,
                  scale: float | None = None):
         device = torch.device(device)
+        self.device = device
+        self.scale = None if scale is None else torch.tensor(float(scale), dtype=torch.float32, device=device)
+        #: the table kept quantized (lookup, tied head and refinement all read it), or None
+        self.quantized: QuantizedEmbedding | None = None
+        if isinstance(weight, QuantizedTensor):
+            if keeps_quantized(dtype, device):
+                self.quantized = QuantizedEmbedding(weight)
+                self.source = self.table = self.table_f32 = None
+                return
+            weight = weight.dequantize()  # the float32 reference (or another device): a float table
         self.source = weight  # checkpoint tensor (for a tied head's quantization source)
         self.table = weight.to(device=device, dtype=dtype).contiguous()  # model dtype (a tied head reads it)
         # float32 copy for the residual stream when the model runs in 16 bits
         self.table_f32 = (weight.to(device=device, dtype=torch.float32).contiguous()
                           if dtype != torch.float32 else None)
-        self.scale = None if scale is None else torch.tensor(float(scale), dtype=torch.float32, device=device)
 
     @property
     def float32_table(self) -> torch.Tensor:
         return self.table_f32 if self.table_f32 is not None else self.table
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = F.embedding(input_ids, self.float32_table)
+        if self.quantized is not None:
+            x = self.quantized(input_ids)
+        else:
+            x = F.embedding(input_ids, self.float32_table)
         return x * self.scale if self.scale is not None else x
 
 
@@ -46,25 +63,37 @@ class LMHead:
     REFINE_TOP = 32
 
     def __init__(self, linear: Linear, kernels, *, dtype: torch.dtype, head_f32: torch.Tensor | None = None,
-                 soft_cap: float | None = None):
+                 soft_cap: float | None = None, quantized: QuantizedEmbedding | None = None):
         self.linear = linear
         self.kernels = kernels
         self.dtype = dtype
         self.head_f32 = head_f32 if dtype != torch.float32 else None  # float32 weights for refinement
         self.soft_cap = float(soft_cap) if soft_cap else 0.0
+        #: the head's table kept quantized (logits and refinement from it; `linear` is its QuantizedLinear)
+        self.quantized = quantized
 
     @classmethod
-    def build(cls, embedding: TokenEmbedding, weight: torch.Tensor | None, kernels, *, dtype: torch.dtype,
-              soft_cap: float | None = None) -> "LMHead":
+    def build(cls, embedding: TokenEmbedding, weight: torch.Tensor | QuantizedTensor | None, kernels, *,
+              dtype: torch.dtype, soft_cap: float | None = None) -> "LMHead":
         """A head with its own `weight` [vocab, hidden], or tied to `embedding` when weight is None."""
+        table = None
+        if weight is None and embedding.quantized is not None:
+            table = embedding.quantized
+        elif isinstance(weight, QuantizedTensor):
+            if keeps_quantized(dtype, embedding.device):
+                table = QuantizedEmbedding(weight)
+            else:
+                weight = weight.dequantize()
+        if table is not None:
+            return cls(table.head(), kernels, dtype=dtype, soft_cap=soft_cap, quantized=table)
         if weight is None:
             lin = Linear(embedding.table)
             lin.source = embedding.source
             head_f32 = embedding.float32_table if dtype != torch.float32 else None
         else:
-            lin = Linear(weight.to(device=embedding.table.device, dtype=dtype))
+            lin = Linear(weight.to(device=embedding.device, dtype=dtype))
             lin.source = weight
-            head_f32 = (weight.to(device=embedding.table.device, dtype=torch.float32).contiguous()
+            head_f32 = (weight.to(device=embedding.device, dtype=torch.float32).contiguous()
                         if dtype != torch.float32 else None)
         return cls(lin, kernels, dtype=dtype, head_f32=head_f32, soft_cap=soft_cap)
 
@@ -72,7 +101,11 @@ class LMHead:
         """float32 logits [rows, vocab] for final hidden states (float32 [rows, hidden])."""
         rows = hidden.shape[0]
         x = hidden.float() if self.linear.accepts_float32(rows) else hidden.to(self.dtype)
-        logits = self.linear(x).float()
+        if self.quantized is not None:
+            logits = self.quantized.logits(x)
+            self.quantized.refine_top_logits(logits, hidden, self.REFINE_TOP)
+        else:
+            logits = self.linear(x).float()
         if self.head_f32 is not None:
             logits = self.kernels.refine_top_logits(logits, hidden.float().contiguous(), self.head_f32,
                                                     self.REFINE_TOP)
