@@ -56,6 +56,9 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "device", default="cpu", help="cpu or cuda")
     add_flag(p, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
              help="compute dtype (auto: bfloat16)")
+    add_flag(p, "gguf-weights", default="quantized", choices=["quantized", "dequantize"],
+             help="a GGUF's quantized weights on the CPU (16-bit models): kept as in the file (one copy), "
+                  "or dequantized to dense copies (several times the memory)")
     add_flag(p, "quantize", default="auto", choices=["auto", "none", "int8"],
              help="weight-only quantized twins for small batches on the CPU")
     add_flag(p, "api-keys", nargs="+", default=None, help="require 'Authorization: Bearer KEY' (one of these)")
@@ -89,7 +92,8 @@ def configs_from_args(args):
         enable_prefix_caching=not args.disable_prefix_caching, max_model_len=args.max_model_len,
         session_len=args.session_len, max_sessions=args.max_sessions,
         session_idle_timeout_s=args.session_idle_timeout, seed=args.seed, tp=args.tp,
-        progress=not args.no_progress, quantize=args.quantize, num_threads=args.num_threads,
+        progress=not args.no_progress, quantize=args.quantize, gguf_weights=args.gguf_weights,
+        num_threads=args.num_threads,
         cuda_graphs=not args.enforce_eager)
     settings = ServerSettings(
         host=args.server_name, port=args.server_port, model_name=args.model_name or _default_name(args.model),

@@ -27,6 +27,9 @@ class EngineConfig:
     seed: int | None = None
     tp: int = 1
     progress: bool = True
+    # a GGUF's quantized weights on the CPU in 16 bits: "quantized" (kept as in the file, one copy)
+    # or "dequantize" (dense 16-bit copies plus small-batch twins: several times the memory)
+    gguf_weights: str = "quantized"
     quantize: str = "auto"  # weight-only quantization for small batches on the CPU: auto | none | int8
     num_threads: int | None = None  # torch CPU threads (default: all cores)
     cuda_graphs: bool = True  # on CUDA: replay captured graphs for decode steps (False: always eager)
@@ -49,6 +52,8 @@ class EngineConfig:
             raise ValueError(f"block_size must be a power of two (16 or 32 are typical), got {self.block_size}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.gguf_weights not in ("quantized", "dequantize"):
+            raise ValueError(f"gguf_weights must be 'quantized' or 'dequantize', got {self.gguf_weights!r}")
         if not (str(self.device) == "cpu" or str(self.device).startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         e = self.max_embed_tokens_with_decodes

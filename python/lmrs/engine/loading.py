@@ -60,11 +60,11 @@ def _num_blocks(cfg: EngineConfig, per_block: int, device: str) -> int:
 
 def gguf_weights_mode(cfg: EngineConfig, device: str) -> str:
     """How a GGUF's quantized weights are loaded: kept quantized (one copy, run by the Rust kernels) for a
-    16-bit model on the CPU, unless the config asks for dense copies (``gguf_weights="dequantize"``: more
-    memory, faster large batches); dequantized for the float32 reference and for other devices."""
+    16-bit model on the CPU, unless the config asks for dense copies (``gguf_weights="dequantize"``:
+    several times the memory); dequantized for the float32 reference and for other devices."""
     if str(device) != "cpu" or resolve_dtype(cfg.dtype, device, None) == torch.float32:
         return "dequantize"
-    return getattr(cfg, "gguf_weights", "quantized")
+    return cfg.gguf_weights
 
 
 def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> EngineParts:
