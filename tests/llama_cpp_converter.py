@@ -3,15 +3,54 @@ benchmarks/build_llama_server.sh downloads) on a tiny Hugging Face folder.
 
     python tests/llama_cpp_converter.py LLAMA_CPP_DIR HF_FOLDER --outfile OUT.gguf --outtype f32
 
+`llama_cpp_dir()` finds the converter: $LMRS_LLAMA_CPP, the sdist build_llama_server.sh unpacked,
+or else downloads that sdist from PyPI once (pip, about 77 MB) and unpacks only the converter
+(`convert_hf_to_gguf.py`, `conversion/`, `gguf-py/`) into the lmrs cache.
+
 The tiny test models have a word-level tokenizer, which is no llama.cpp vocabulary, so the
 converter's `set_vocab` is replaced by one writing the tiny byte-level BPE of `lmrs.models.testing`
 (the tests compare tensors and hyper-parameters, not tokenizers). Everything else is the converter.
 """
 
+import glob
 import json
+import os
 import runpy
+import subprocess
 import sys
+import tarfile
+import tempfile
 import types
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the version benchmarks/build_llama_server.sh builds
+_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def llama_cpp_dir() -> str:
+    """A llama.cpp source folder holding the converter (see the module docstring)."""
+    if os.environ.get("LMRS_LLAMA_CPP"):
+        return os.environ["LMRS_LLAMA_CPP"]
+    cache = os.environ.get("LMRS_CACHE", os.path.expanduser("~/.cache/lmrs"))
+    found = sorted(glob.glob(f"{cache}/llama-server/*-work/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    if found:
+        return os.path.dirname(found[-1])
+    target = os.path.join(cache, f"llama-cpp-converter-{LLAMA_CPP_PYTHON_VERSION}")
+    if os.path.exists(os.path.join(target, "convert_hf_to_gguf.py")):
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-python",
+                        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", tmp], check=True)
+        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
+        partial = target + ".partial"
+        with tarfile.open(os.path.join(tmp, f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")) as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and m.name[len(prefix):].startswith(_CONVERTER_PARTS) and m.isfile():
+                    m.name = m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(partial, members=members, filter="data")
+        os.replace(partial, target)
+    return target
 
 
 def stand_in_vocab(self):

@@ -14,7 +14,6 @@ permutations, Gemma's 1 + w norms, stacked experts, LongRoPE factor tensors, Int
   random weights, which have no redundancy: errors of several logits) must keep most top tokens.
 """
 
-import glob
 import os
 import subprocess
 import sys
@@ -188,18 +187,15 @@ def test_quantization_error_against_the_float_model(gfam, quant):
         assert float(agree.float().mean()) >= 0.5, float(agree.float().mean())
 
 
-def llama_cpp_dir() -> str | None:
-    """llama.cpp's sources: $LMRS_LLAMA_CPP, or the sdist benchmarks/build_llama_server.sh unpacked."""
-    if os.environ.get("LMRS_LLAMA_CPP"):
-        return os.environ["LMRS_LLAMA_CPP"]
-    cache = os.environ.get("LMRS_CACHE", os.path.expanduser("~/.cache/lmrs"))
-    found = sorted(glob.glob(f"{cache}/llama-server/*-work/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
-    return os.path.dirname(found[-1]) if found else None
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's converter (downloaded once from PyPI when not present: see llama_cpp_converter)."""
+    from llama_cpp_converter import llama_cpp_dir
+
+    return llama_cpp_dir()
 
 
-@pytest.mark.skipif(llama_cpp_dir() is None, reason="llama.cpp's converter is not here: set LMRS_LLAMA_CPP or run "
-                                                    "benchmarks/build_llama_server.sh")
-def test_the_real_converter_writes_the_same_gguf(gfam, tmp_path):
+def test_the_real_converter_writes_the_same_gguf(gfam, llama_cpp, tmp_path):
     """llama.cpp's own convert_hf_to_gguf.py (tokenizer aside) writes the same tensors and
     hyper-parameters as the test writer, and lmrs gives the same tokens from both."""
     import gguf
@@ -208,7 +204,7 @@ def test_the_real_converter_writes_the_same_gguf(gfam, tmp_path):
 
     real = tmp_path / "real.gguf"
     script = os.path.join(os.path.dirname(__file__), "llama_cpp_converter.py")
-    subprocess.run([sys.executable, script, llama_cpp_dir(), str(gfam.folder), "--outfile", str(real), "--outtype",
+    subprocess.run([sys.executable, script, llama_cpp, str(gfam.folder), "--outfile", str(real), "--outtype",
                     "f32"], check=True, capture_output=True)
     ours = gfam.gguf("F32").source
     a, b = gguf.GGUFReader(str(real)), gguf.GGUFReader(ours)
