@@ -86,7 +86,7 @@ def check_call(call):
 def test_required_tool_calls_streamed_and_reassembled_by_the_sdk(client, seed):
     with client.chat.completions.stream(
             model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}], tools=TOOLS,
-            tool_choice="required", temperature=1.0, seed=seed, max_tokens=80) as stream:
+            tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=seed, max_tokens=80) as stream:
         saw_delta = False
         for event in stream:
             saw_delta |= event.type == "tool_calls.function.arguments.delta"
