@@ -135,9 +135,9 @@ async def ttft(client: Client, reps: int) -> dict:
     return {"unconstrained_ms": statistics.median(free) * 1e3, "new_schema_ms": statistics.median(new) * 1e3}
 
 
-async def stall(client: Client, streams: int) -> dict:
+async def stall(client: Client, streams: int, max_tokens: int = 160) -> dict:
     stamps: list[list[float]] = [[] for _ in range(streams)]
-    bg = [asyncio.ensure_future(client.chat({"max_tokens": 160, "ignore_eos": True, "temperature": 1.0},
+    bg = [asyncio.ensure_future(client.chat({"max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0},
                                             on_chunk=stamps[i].append)) for i in range(streams)]
     while min(len(s) for s in stamps) < 10:
         await asyncio.sleep(0.05)
@@ -186,7 +186,7 @@ async def main_async(args) -> dict:
         await client.chat({"max_tokens": 2, "response_format": schema_format(ten_field_schema("warm"))})  # warm-up
         res = {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()[0], "quick": args.quick}
         n16 = 16 if args.quick else 48
-        for conc, n in ((16, n16), (1, 4 if args.quick else 8)):
+        for conc, n in ((16, n16), (1, 2 if args.quick else 8)):
             free = await throughput(client, conc, n, args.max_tokens, False)
             con = await throughput(client, conc, n, args.max_tokens, True)
             res[f"throughput_c{conc}"] = {"unconstrained": free, "schema": con,
@@ -198,7 +198,7 @@ async def main_async(args) -> dict:
         res["ttft"] = t
         print(f"TTFT: unconstrained {t['unconstrained_ms']:.0f} ms, new 10-field schema {t['new_schema_ms']:.0f} ms, "
               f"ratio {t['ratio']:.3f}", flush=True)
-        s = await stall(client, 4)
+        s = await stall(client, 4, 100 if args.quick else 160)
         res["stall_128_tools"] = s
         print(f"128-tool required request: other streams' longest gap {s['max_gap_during_ms']:.0f} ms vs "
               f"{s['baseline_max_gap_ms']:.0f} ms before (added {s['added_ms']:.0f} ms); its TTFT "
@@ -212,7 +212,7 @@ async def main_async(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-url", default=None, help="a running server (default: start one)")
-    ap.add_argument("--quick", action="store_true", help="fewer requests (20 outputs per schema)")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (20 outputs per schema, 2 at concurrency 1)")
     ap.add_argument("--count", type=int, default=None, help="outputs per validity schema (default 200, quick 20)")
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per throughput request")
     ap.add_argument("--server-args", default="", help="extra arguments of the started server")
