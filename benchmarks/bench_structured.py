@@ -63,7 +63,9 @@ VALIDITY_SCHEMAS = {
 def tools_128(tag: str) -> list[dict]:
     tools = []
     for i in range(128):
-        props = {f"p{j}": {"type": ["string", "integer", "boolean"][j % 3]} for j in range(4)}
+        kinds = [{"type": "string", "maxLength": 12}, {"type": "integer", "minimum": 0, "maximum": 9999},
+                 {"type": "boolean"}]
+        props = {f"p{j}": kinds[j % 3] for j in range(4)}
         tools.append({"type": "function", "function": {
             "name": f"tool_{tag}_{i}", "description": f"Benchmark tool {i} ({tag})",
             "parameters": {"type": "object", "properties": props, "required": list(props)}}})
