@@ -67,7 +67,8 @@ def tools_128(tag: str) -> list[dict]:
         props = {f"p{j}": kinds[j % 3] for j in range(4)}
         tools.append({"type": "function", "function": {
             "name": f"tool_{tag}_{i}", "description": f"Benchmark tool {i} ({tag})",
-            "parameters": {"type": "object", "properties": props, "required": list(props)}}})
+            "parameters": {"type": "object", "properties": props, "required": list(props),
+                           "additionalProperties": False}}})
     return tools
 
 
