@@ -73,6 +73,10 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "seed", type=int, default=None, help="seed of the sampler for unseeded requests")
     add_flag(p, "num-threads", type=int, default=None, help="torch CPU threads")
     add_flag(p, "enforce-eager", action="store_true", help="CUDA: run every step eagerly (no CUDA graphs)")
+    add_flag(p, "tool-call-parser", default=None, choices=["hermes", "llama3_json", "mistral"],
+             help="the model's tool-call format (default: detected from the chat template)")
+    add_flag(p, "grammar-compile-timeout", type=float, default=10.0,
+             help="seconds a request waits for its JSON schema / grammar to compile before a 400")
     add_flag(p, "log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_flag(p, "log-format", default="text", choices=["text", "json"], help="json: one JSON object per line")
     add_flag(p, "no-progress", action="store_true", help="no progress bar while loading")
@@ -99,7 +103,8 @@ def configs_from_args(args):
         host=args.server_name, port=args.server_port, model_name=args.model_name or _default_name(args.model),
         api_keys=list(args.api_keys or []), max_body_bytes=args.max_body_bytes,
         max_queued_requests=args.max_queued_requests, request_timeout=args.request_timeout,
-        shutdown_timeout=args.shutdown_timeout, enable_metrics=not args.disable_metrics)
+        shutdown_timeout=args.shutdown_timeout, enable_metrics=not args.disable_metrics,
+        tool_call_parser=args.tool_call_parser, grammar_compile_timeout=args.grammar_compile_timeout)
     return engine, settings
 
 

@@ -39,6 +39,7 @@ class Engine:
         self.config = EngineConfig(model=model, **kwargs)
         self.engine = LLMEngine(self.config, parts=build_engine_parts(self.config, loaded))
         self.tokenizer = self.engine.tokenizer
+        self._compiler = None
 
     @property
     def core(self):
@@ -49,9 +50,22 @@ class Engine:
             return self.tokenizer.encode(prompt, add_special_tokens=self.tokenizer.add_bos_token)
         return [int(t) for t in prompt]
 
+    @property
+    def grammar_compiler(self):
+        """The model's `lmrs.structured.GrammarCompiler` (built on first use)."""
+        if self._compiler is None:
+            from lmrs.structured import GrammarCompiler
+
+            info = self.engine.model_info
+            self._compiler = GrammarCompiler.for_tokenizer(self.tokenizer, vocab_size=info.vocab_size,
+                                                           eos_token_ids=list(info.eos_token_ids))
+        return self._compiler
+
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 *, use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt (strings or token-id lists), all in one continuous batch."""
+                 *, use_tqdm: bool = False, grammar=None) -> list[RequestOutput]:
+        """Generate for every prompt (strings or token-id lists), all in one continuous batch.
+        `grammar`: a `lmrs.structured.GrammarSpec` (e.g. `json_schema_spec(schema, "schema")`) or a
+        compiled grammar every output must follow (each prompt gets its own matcher)."""
         if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -63,7 +77,10 @@ class Engine:
         encoded = [self.encode(p) for p in prompts]
         proc = self.engine.processor
         field = "prompt" if len(prompts) == 1 else "prompts[{}]"
-        requests = [proc.generate(enc, sp, field=field.format(i)) for i, (enc, sp) in enumerate(zip(encoded, params))]
+        if grammar is not None and not hasattr(grammar, "matcher"):
+            grammar = self.grammar_compiler.compile(grammar)
+        requests = [proc.generate(enc, sp, field=field.format(i), grammar=grammar)
+                    for i, (enc, sp) in enumerate(zip(encoded, params))]
         ids = self._add_all(requests)
         return self._run(ids, prompts, encoded, use_tqdm)
 

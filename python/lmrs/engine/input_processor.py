@@ -29,10 +29,12 @@ class InputProcessor:
         return out
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams, *, session: SessionTurn | None = None,
-                 field: str = "prompt") -> EngineRequest:
+                 field: str = "prompt", grammar=None) -> EngineRequest:
         """A generation request. Without a session the prompt must be non-empty (when it
         generates) and fit the context; a session turn's length is checked against the session
-        when it is admitted (an overlong turn is refused there, leaving the session as it was)."""
+        when it is admitted (an overlong turn is refused there, leaving the session as it was).
+        `grammar`: a compiled `lmrs._core.Grammar` the output must follow (structured output, forced
+        tool calls)."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.check_token_ids(prompt_ids, field)
@@ -52,7 +54,10 @@ class InputProcessor:
                 self.check_token_ids(session.continuation_ids, field)
                 if not 0 <= session.eos_prefix_len <= len(session.continuation_ids):
                     raise InvalidParameter("eos_prefix_len", "must be within the continuation")
-        return EngineRequest(ids, params, session=session, session_len=self.info.session_len)
+        if grammar is not None and grammar.vocab_size != self.info.vocab_size:
+            raise InvalidParameter("grammar", f"was compiled for {grammar.vocab_size} tokens; the model has "
+                                              f"{self.info.vocab_size}")
+        return EngineRequest(ids, params, session=session, session_len=self.info.session_len, grammar=grammar)
 
     def embedding(self, ids: Sequence[int], field: str = "input") -> EngineRequest:
         """An embedding request: prefill only, every token's hidden state pooled."""

@@ -22,12 +22,14 @@ from lmrs.engine.config import EngineConfig
 from lmrs.engine.detokenizer import IncrementalDetokenizer
 from lmrs.engine.errors import InvalidParameter, SessionNotOwned
 from lmrs.engine.faults import FaultInjector, is_unrecoverable
+from lmrs.engine.grammar_rows import GrammarRows
 from lmrs.engine.input_processor import InputProcessor
 from lmrs.engine.loading import EngineParts, build_engine_parts, model_display_name
 from lmrs.engine.model_info import ModelInfo
 from lmrs.engine.outputs import RequestDelta
 from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
+from lmrs.runner.plan_view import PlanView
 
 log = logging.getLogger("lmrs.engine")
 
@@ -84,6 +86,8 @@ class LLMEngine:
         self.num_failed_steps = 0
         self.faults = FaultInjector.from_env()
         self._unscheduled: set[int] = set()  # requests not yet in any plan (for the queue time)
+        self.grammar_rows = GrammarRows()  # matchers of constrained requests, by request id
+        self._eos_ids = frozenset(int(t) for t in mc.eos_token_ids)
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, prompt_token_ids, params: SamplingParams, *, session: SessionTurn | None = None) -> int:
@@ -114,6 +118,8 @@ class LLMEngine:
         self._unscheduled.add(rid)
         if params.logit_bias:
             self.runner.sampler.set_logit_bias(rid, params.logit_bias)
+        if req.grammar is not None:
+            self.grammar_rows.add(rid, req.grammar)
         return rid
 
     def abort_request(self, request_id: int) -> RequestDelta | None:
@@ -143,6 +149,7 @@ class LLMEngine:
 
     def _final_abort(self, rid: int) -> RequestDelta | None:
         st = self.requests.pop(rid, None)
+        self.grammar_rows.drop(rid)
         if st is None:
             return None
         self.runner.sampler.drop_logit_bias(rid)
@@ -166,15 +173,20 @@ class LLMEngine:
                 st = self.requests.get(rid)
                 if st is not None and st.pooled is not None:
                     st.pooled, st.pooled_tokens = None, 0
-        out, step_error = None, None
+        out, step_error, masks = None, None, None
         try:
+            if self.grammar_rows and plan.num_sampled:
+                plan = PlanView(plan)  # read the plan's arrays once, here and in the runner
+                masks = self.grammar_rows.prepare(plan)  # filled while the forward pass runs
             if plan.num_rows:
                 self.num_model_steps += 1
                 if self.faults:
                     self.faults.before_step(self.num_model_steps)
-            out = self.runner.execute(plan)
+            out = self.runner.execute(plan, masks=masks)
             res = self.core.update(out.sampled)
         except Exception as exc:  # noqa: BLE001 - classified: fail the step, or the process
+            if masks is not None:
+                _join_quietly(masks)
             if is_unrecoverable(exc, self.runner.device):
                 raise DeviceFailure(exc) from exc
             self.num_failed_steps += 1
@@ -232,7 +244,11 @@ class LLMEngine:
             if tok >= 0:
                 new_ids = [tok]
                 st.output_ids.append(tok)
-                text = st.detok.add(tok)
+                if not (reason == FinishReason.STOP and tok in self._eos_ids):
+                    text = st.detok.add(tok)  # the ending EOS is not text, with or without special tokens
+                if self.grammar_rows and self.grammar_rows.commit(rid, tok) and reason is None:
+                    self.core.finish(rid)  # the grammar is complete: end now rather than spend a step on EOS
+                    reason = FinishReason.STOP
                 if st.logprobs is not None and out is not None and out.sample is not None \
                         and out.sample.logprobs is not None:
                     if sample_index is None:
@@ -257,6 +273,7 @@ class LLMEngine:
                 st.queue_reported = True
             if reason is not None:
                 self._unscheduled.discard(rid)
+                self.grammar_rows.drop(rid)
                 if reason == FinishReason.ERROR:
                     d.error = errors.get(rid) or "the request failed"
                     d.error_status = 503 if step_failed else 413
@@ -274,6 +291,14 @@ class LLMEngine:
         s["last_step_ms"] = round(self.last_step_time * 1000, 3)
         s["failed_steps"] = self.num_failed_steps
         return s
+
+
+def _join_quietly(masks) -> None:
+    """Wait for a failed step's mask fill (so no fill still holds a matcher); its errors do not matter."""
+    try:
+        masks.wait()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmrs.engine.params import SamplingParams
 
@@ -40,6 +41,9 @@ class EngineRequest:
     session: SessionTurn | None = None
     embed: bool = False  # prefill only: the mean-pooled final hidden states are the result
     session_len: int = 0  # most tokens the context may hold (0: the model's context length)
+    # the output constraint: a compiled `lmrs._core.Grammar` (None: free text); the engine gives the
+    # request its own matcher, so the n choices of a call share the grammar but not the state
+    grammar: Any = None
     request_id: int = field(default_factory=next_request_id)
 
     def core_kwargs(self) -> dict:

@@ -17,6 +17,7 @@ from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.runner.kv_cache import KVCache
 from lmrs.runner.plan_view import PlanView
 from lmrs.runner.sampler import Sampler, SampleOutput
+from lmrs.structured.masks import apply_token_bitmask_
 
 
 @dataclass
@@ -59,8 +60,11 @@ class ModelRunner:
         return self._tensor(plan.input_ids), self._tensor(plan.positions), attn
 
     @torch.inference_mode()
-    def execute(self, raw_plan, *, return_hidden: bool = False) -> StepOutput:
-        plan = PlanView(raw_plan)
+    def execute(self, raw_plan, *, return_hidden: bool = False, masks=None) -> StepOutput:
+        """`masks`: the step's grammar masks (`lmrs.engine.grammar_rows.StepMasks`, filled while the
+        forward pass runs), applied to the logits before sampling; None for a step without
+        constrained rows."""
+        plan = raw_plan if isinstance(raw_plan, PlanView) else PlanView(raw_plan)
         if plan.num_rows == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None)
         graphs = self.decode_graphs
@@ -71,7 +75,7 @@ class ModelRunner:
                 logits = None
             if logits is not None:
                 self.graph_steps += 1
-                sample = self._sample(logits, plan)
+                sample = self._sample(logits, plan, masks)
                 return StepOutput(sample.token_ids, sample, None)
         input_ids, positions, attn = self.build_inputs(plan)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
@@ -81,7 +85,7 @@ class ModelRunner:
             return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
         idx = self._tensor(plan.logits_indices).long()
         logits = self.model.compute_logits(hidden.index_select(0, idx))
-        sample = self._sample(logits, plan)
+        sample = self._sample(logits, plan, masks)
         return StepOutput(sample.token_ids, sample, kept, pooled)
 
     @staticmethod
@@ -91,13 +95,16 @@ class ModelRunner:
         sums = [hidden[int(qsl[r]):int(qsl[r + 1])].float().sum(dim=0) for r in plan.pool_rows.tolist()]
         return torch.stack(sums).cpu().numpy()
 
-    def _sample(self, logits: torch.Tensor, plan: PlanView) -> SampleOutput:
+    def _sample(self, logits: torch.Tensor, plan: PlanView, masks=None) -> SampleOutput:
         """Sample from float32 logits on the model's device. Plain greedy rows on a GPU take the
-        argmax there (only the ids cross to the host: 4 bytes a row instead of 4 x vocab)."""
+        argmax there (only the ids cross to the host: 4 bytes a row instead of 4 x vocab); grammar
+        masks are then applied on the GPU too, otherwise by the sampler after the raw logprobs."""
         if self.device.type != "cpu" and self.sampler.is_plain_greedy(plan):
+            if masks is not None:
+                apply_token_bitmask_(logits, masks.wait(), masks.rows)
             ids = logits.argmax(dim=-1).cpu().numpy().astype(np.int64, copy=False)
             return SampleOutput(token_ids=ids)
-        return self.sampler(logits.cpu(), plan)
+        return self.sampler(logits.cpu(), plan, masks)
 
     @torch.inference_mode()
     def logits_for(self, raw_plan) -> torch.Tensor:

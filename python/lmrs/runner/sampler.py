@@ -1,6 +1,7 @@
 """Per-row sampling from logits with each request's own parameters.
 
-Order (as vLLM / Hugging Face): penalties (repetition on context + output, presence / frequency on
+Order (as vLLM / Hugging Face): the raw logprobs (returned to the user: the model's own) -> grammar
+masks of constrained rows (disallowed tokens -> -inf) -> penalties (repetition on context + output, presence / frequency on
 the output) -> min_tokens EOS mask -> greedy rows take the argmax -> temperature -> top-k -> top-p ->
 min-p -> a draw from the softmax. `logit_bias` (OpenAI) is added after
 the raw logprobs are taken and before the penalties (`_apply_logit_bias`; free when no request
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from lmrs.structured.masks import apply_token_bitmask_
 
 
 @dataclass
@@ -76,13 +79,16 @@ class Sampler:
             return False
         return not (len(self.eos) and bool((plan.num_generated < plan.min_tokens).any()))
 
-    def __call__(self, logits: torch.Tensor, plan) -> SampleOutput:
-        """logits: float32 [S, V] (S = the plan's sampled rows, in order)."""
+    def __call__(self, logits: torch.Tensor, plan, masks=None) -> SampleOutput:
+        """logits: float32 [S, V] (S = the plan's sampled rows, in order); modified in place when
+        `masks` (the step's grammar masks, `lmrs.engine.grammar_rows.StepMasks`) is given."""
         s = logits.shape[0]
         temperature = torch.from_numpy(plan.temperature)
         want_logprobs = plan.logprobs
         need_logprobs = bool((want_logprobs >= 0).any())
         raw_logprobs = torch.log_softmax(logits, dim=-1) if need_logprobs else None
+        if masks is not None:
+            apply_token_bitmask_(logits, masks.wait(), masks.rows)
 
         logits, copied = self._apply_logit_bias(logits, plan, False)
         hist_rows = plan.history_rows
@@ -96,7 +102,12 @@ class Sampler:
             if bool(below.any()):
                 logits = logits if copied else logits.clone()
                 rows = below.nonzero().flatten()
+                saved = logits[rows].clone() if masks is not None else None
                 logits[rows.unsqueeze(1), self.eos.unsqueeze(0)] = float("-inf")
+                if saved is not None:  # a grammar that allows only EOS wins over min_tokens
+                    dead = torch.isinf(logits[rows]).all(dim=-1)
+                    if bool(dead.any()):
+                        logits[rows[dead]] = saved[dead]
 
         greedy = temperature <= 0
         if bool(greedy.all()):

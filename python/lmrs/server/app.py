@@ -156,6 +156,7 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> web.Application:
     async def on_startup(app):
         if engine.loop is None:
             engine.start(asyncio.get_running_loop())
+        state.grammars.warm_when_ready()
 
     async def on_cleanup(app):
         engine.shutdown()
@@ -170,4 +171,5 @@ async def stats(request: web.Request) -> web.Response:
     state = get_state(request)
     s = dict(state.engine.stats_snapshot)
     s["unfinished_requests"] = state.engine.num_unfinished
+    s["grammar_compiler"] = state.grammars.stats()
     return web.json_response(s)

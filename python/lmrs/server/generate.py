@@ -4,7 +4,9 @@ Turn 1 of a session: `sequence_start=true`; later turns: `sequence_start=false` 
 user message; the core keeps the token history and KV cache, so a turn prefills only its new
 tokens. Turns of one session run one after the other. `sequence_end=true` ends the session
 (with nothing to generate: at once, without running the model). `stop=true` cancels the turn the
-session is running now; turns queued behind it run afterwards.
+session is running now; turns queued behind it run afterwards. `response_format` /
+`structured_outputs` constrain this turn's output (a JSON schema, regex, choice or grammar); the
+session's history is untouched by it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from aiohttp import web
 
 from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import InvalidParameter, SamplingParams
+from lmrs.server.chat_request import CHAT_OUTPUT_FIELDS
 from lmrs.server.errors import APIError, parse_request
+from lmrs.server.grammars import compile_constraint, spec_of
 from lmrs.server.protocol import GenerateRequest
 from lmrs.server.requests import RequestTimeout
 from lmrs.server.state import api_key_of, get_state
@@ -59,6 +63,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     else:
         messages = ([{"role": "user", "content": req.prompt}] if isinstance(req.prompt, str)
                     else [m.model_dump(exclude_none=True) for m in req.prompt])
+    spec = spec_of(req.model_dump(include=set(CHAT_OUTPUT_FIELDS)))
+    grammar = await compile_constraint(state, spec)
     try:
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 repetition_penalty=req.repetition_penalty, max_tokens=req.request_output_len,
@@ -67,11 +73,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
         raise APIError(400, str(e)) from None
     if sid is None:
         ids = state.prompts.conversation(messages) if messages else []
-        engine_req = state.validated(lambda p: p.generate(ids, params))
+        engine_req = state.validated(lambda p: p.generate(ids, params, grammar=grammar))
     else:
         ids, turn = state.prompts.session_turn(messages, sid, sequence_start=req.sequence_start,
                                                sequence_end=req.sequence_end, owner=key)
-        engine_req = state.validated(lambda p: p.generate(ids, params, session=turn))
+        engine_req = state.validated(lambda p: p.generate(ids, params, session=turn, grammar=grammar))
 
     async with state.track("/generate", [engine_req], sid) as group:
         if not req.stream:

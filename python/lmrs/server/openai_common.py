@@ -42,7 +42,10 @@ def stop_list(stop) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def sampling_params(req, max_tokens: int, logprobs: int | None, choice: int) -> SamplingParams:
+def sampling_params(req, max_tokens: int, logprobs: int | None, choice: int, *,
+                    skip_special_tokens: bool | None = None) -> SamplingParams:
+    if skip_special_tokens is None:
+        skip_special_tokens = req.skip_special_tokens
     seed = None if req.seed is None else (req.seed + choice) & 0x7FFF_FFFF_FFFF_FFFF
     try:
         return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=max(0, req.top_k), min_p=req.min_p,
@@ -50,7 +53,7 @@ def sampling_params(req, max_tokens: int, logprobs: int | None, choice: int) -> 
                               frequency_penalty=req.frequency_penalty, max_tokens=max_tokens,
                               min_tokens=min(req.min_tokens, max_tokens), stop=stop_list(req.stop),
                               ignore_eos=req.ignore_eos, seed=seed, logprobs=logprobs,
-                              skip_special_tokens=req.skip_special_tokens,
+                              skip_special_tokens=skip_special_tokens,
                               logit_bias=logit_bias_ids(req.logit_bias))
     except InvalidParameter as e:
         raise APIError(400, str(e)) from None

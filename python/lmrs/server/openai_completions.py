@@ -1,9 +1,15 @@
 """POST /v1/completions (OpenAI legacy completions): a string, a list of strings, token ids or a
-list of token-id lists; n choices per prompt; echo; logprobs; SSE streaming."""
+list of token-id lists; n choices per prompt; echo; logprobs; SSE streaming; structured output
+(`response_format`, `structured_outputs`: every choice follows the grammar, each with its own matcher)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
+
+from lmrs.server.chat_request import CHAT_OUTPUT_FIELDS
+from lmrs.server.grammars import compile_constraint, spec_of
 
 from lmrs.server.errors import APIError, parse_request
 from lmrs.server.openai_common import (completion_logprobs, error_event, new_id, now, openai_finish, raise_for_error,
@@ -33,12 +39,22 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if req.suffix:
         raise APIError(400, "suffix: is not supported by this server (insertion needs a fill-in-the-middle model)")
     tok = state.tokenizer
-    prompts = prompts_of(req, tok)
+    spec = spec_of(req.model_dump(include=set(CHAT_OUTPUT_FIELDS)))
+    compiling = asyncio.ensure_future(compile_constraint(state, spec)) if spec is not None else None
+    try:
+        prompts = prompts_of(req, tok)
+    except BaseException:
+        if compiling is not None:
+            compiling.cancel()
+            await asyncio.gather(compiling, return_exceptions=True)
+        raise
+    grammar = await compiling if compiling is not None else None
     if len(prompts) * req.n > MAX_N * 4:
         raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} is more than {MAX_N * 4} choices")
     field = "prompt" if len(prompts) == 1 else "prompt[{}]"
     requests = [state.validated(lambda p, ids=ids, k=pi * req.n + j, f=field.format(pi):
-                                p.generate(ids, sampling_params(req, req.max_tokens, req.logprobs, k), field=f))
+                                p.generate(ids, sampling_params(req, req.max_tokens, req.logprobs, k), field=f,
+                                           grammar=grammar))
                 for pi, (_, ids) in enumerate(prompts) for j in range(req.n)]
     texts_in = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in prompts]
     prompt_tokens = sum(len(ids) for _, ids in prompts)

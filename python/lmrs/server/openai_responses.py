@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
+from lmrs.server.grammars import compile_constraint, spec_of
 from lmrs.server.errors import APIError, describe_validation_error, parse_request
 from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, now, sampling_params
 from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
@@ -79,10 +80,8 @@ def chat_request_of(req: ResponsesRequest, messages: list[dict]) -> ChatCompleti
         body["tools"] = req.tools
         if req.tool_choice is not None:
             body["tool_choice"] = req.tool_choice
-    # Structured output and tools are not wired into the generation path yet: refuse them
-    # rather than ignore them (the fields above are what the chat path will take).
-    if "response_format" in body:
-        raise APIError(400, f"text.format: type {fmt.type!r} is not supported by this server yet (use 'text')")
+    # `text.format` is compiled into the turn's grammar (`output_grammar`); tool calls would need
+    # function_call output items, which this server does not build yet: refuse rather than ignore.
     if "tools" in body:
         raise APIError(400, "tools: tool calls are not supported by this server's Responses API yet")
     try:
@@ -102,8 +101,17 @@ class TurnPlan:
     history: list[dict]  # the conversation before the new input (stored items of the chain)
 
 
+async def output_grammar(state: ServerState, req: ResponsesRequest):
+    """The compiled constraint of `text.format` (json_object / json_schema), or None for text:
+    the chat path's spec reader and compiler (cached, off the event loop, 400 naming the field)."""
+    if req.text is None or req.text.format is None or req.text.format.type == "text":
+        return None
+    fmt = req.text.format.model_dump(by_alias=True, exclude_none=True)
+    return await compile_constraint(state, spec_of({"text": {"format": fmt}}))
+
+
 def plan_turn(state: ServerState, store: ResponseStore, req: ResponsesRequest, owner: str | None,
-              prev: StoredResponse | None, new: list[dict], chat: ChatCompletionRequest) -> TurnPlan:
+              prev: StoredResponse | None, new: list[dict], chat: ChatCompletionRequest, grammar=None) -> TurnPlan:
     """Pick stateless, continue, or new session, and claim the session (no await in here, so
     two follow-ups to the same response cannot both continue its session)."""
     history = list(prev.items) if prev is not None else []
@@ -111,7 +119,8 @@ def plan_turn(state: ServerState, store: ResponseStore, req: ResponsesRequest, o
     whole = state.prompts.conversation(system + history + new)
     params: SamplingParams = sampling_params(chat, chat.max_tokens, None, 0)
     if not req.store:
-        return TurnPlan(state.validated(lambda p: p.generate(whole, params, field="input")), None, None, history)
+        return TurnPlan(state.validated(lambda p: p.generate(whole, params, field="input", grammar=grammar)), None, None,
+                        history)
     if prev is not None and store.is_head(prev) and prev.instructions == req.instructions:
         sid = prev.session_id
         cont, eos_prefix = state.prompts.continuation(new)
@@ -121,7 +130,7 @@ def plan_turn(state: ServerState, store: ResponseStore, req: ResponsesRequest, o
         sid = store.new_session_id()
         turn = SessionTurn(sid, True, False, None, 0, owner)
         continues = None
-    request = state.validated(lambda p: p.generate(whole, params, session=turn, field="input"))
+    request = state.validated(lambda p: p.generate(whole, params, session=turn, field="input", grammar=grammar))
     store.begin_turn(sid)
     return TurnPlan(request, sid, continues, history)
 
@@ -142,7 +151,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if prev is None:
             raise APIError(404, f"previous_response_id: no stored response {req.previous_response_id!r} (unknown, "
                                 f"deleted, expired, stored with store: false, or made with another API key)")
-    plan = plan_turn(state, store, req, owner, prev, new, chat)
+    grammar = await output_grammar(state, req)
+    plan = plan_turn(state, store, req, owner, prev, new, chat, grammar)
     rid, created = f"resp_{uuid.uuid4().hex[:24]}", now()
     events = ResponseEvents(rid, created, state.settings.model_name, req)
     outcome = _Outcome()

@@ -12,7 +12,8 @@ from lmrs.server import protocol as p
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
-    "400": "Malformed JSON, or a field of the wrong type or range (the message names the field)",
+    "400": "Malformed JSON, a field of the wrong type or range, an invalid schema, regex, grammar or tool (the "
+           "message names the field)",
     "401": "Missing or wrong API key",
     "404": "Unknown model, route or session",
     "413": "Body or prompt over the limits",
@@ -37,11 +38,16 @@ ROUTES = [
     Route("post", "/generate", "Session-aware generation (lmdeploy interactive mode)", p.GenerateRequest,
           p.GenerateResponse, ("application/x-ndjson", p.GenerateResponse), "lmdeploy",
           "Non-stream: one JSON object. Stream: one JSON object per line (newline-delimited), `text` holding "
-          "only the new text; the last line has a finish_reason."),
+          "only the new text; the last line has a finish_reason. `response_format` (json_object, json_schema) or "
+          "`structured_outputs` (json, regex, choice, grammar) constrain the output; an invalid schema, regex or "
+          "grammar answers 400 naming the field."),
     Route("get", "/v1/models", "List the served model", None, p.ModelList, tag="openai"),
     Route("post", "/v1/chat/completions", "Chat completion (OpenAI)", p.ChatCompletionRequest,
           p.ChatCompletionResponse, ("text/event-stream", p.ChatCompletionChunk), "openai",
-          "Stream: Server-Sent Events `data: {chunk}` ending with `data: [DONE]`."),
+          "Stream: Server-Sent Events `data: {chunk}` ending with `data: [DONE]`. Structured output: "
+          "`response_format` or `structured_outputs`. Tools: `tools`, `tool_choice` (none, auto, required, a named "
+          "function), `parallel_tool_calls`; calls come back as `message.tool_calls` (streamed as "
+          "`delta.tool_calls`) with finish_reason `tool_calls`."),
     Route("post", "/v1/completions", "Text completion (OpenAI)", p.CompletionRequest, p.CompletionResponse,
           ("text/event-stream", p.CompletionResponse), "openai"),
     Route("post", "/v1/embeddings", "Embeddings: mean-pooled final hidden states, L2-normalized",

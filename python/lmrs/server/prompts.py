@@ -30,26 +30,27 @@ class PromptBuilder:
     def encode_text(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=self.tok.add_bos_token)
 
-    def conversation(self, messages: list[dict]) -> list[int]:
-        """A whole conversation, rendered with the chat template and a generation prompt."""
+    def conversation(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """A whole conversation, rendered with the chat template and a generation prompt. `tools`:
+        the template's `tools` argument (function definitions)."""
         messages = _normalize(messages)
         if not self.has_template:
             return self.encode_text("\n".join(_content(m) for m in messages))
         try:
-            return self.tok.encode_chat(messages, add_generation_prompt=True)
+            return self.tok.encode_chat(messages, add_generation_prompt=True, **_tools_kw(tools))
         except ChatTemplateError as e:
             raise APIError(400, f"messages: the model's chat template rejected them: {e}") from None
 
     def session_turn(self, messages: list[dict], session_id: int, *, sequence_start: bool, sequence_end: bool,
-                     owner: str | None) -> tuple[list[int], SessionTurn]:
+                     owner: str | None, tools: list[dict] | None = None) -> tuple[list[int], SessionTurn]:
         """A session turn: (the whole-conversation form, the turn with its continuation form)."""
         if not messages:
             return [], SessionTurn(session_id, sequence_start, sequence_end, (), 0, owner)
-        whole = self.conversation(messages)
-        cont, eos_prefix = self.continuation(messages)
+        whole = self.conversation(messages, tools)
+        cont, eos_prefix = self.continuation(messages, tools)
         return whole, SessionTurn(session_id, sequence_start, sequence_end, tuple(cont), eos_prefix, owner)
 
-    def continuation(self, messages: list[dict]) -> tuple[list[int], int]:
+    def continuation(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], int]:
         """Tokens that extend a session's history with `messages` and a generation prompt, and
         how many of them close the previous reply with EOS (dropped when the history has it)."""
         messages = _normalize(messages)
@@ -57,14 +58,15 @@ class PromptBuilder:
             return self.encode_text("\n".join(_content(m) for m in messages)), 0
         base = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY}]
         try:
-            text = self.tok.apply_chat_template(base + list(messages), add_generation_prompt=True)
+            text = self.tok.apply_chat_template(base + list(messages), add_generation_prompt=True,
+                                                **_tools_kw(tools))
         except ChatTemplateError:
             # Templates that insist on alternation or a leading system prompt: render the new
             # messages alone, without the template's conversation preamble.
-            return self.conversation(messages), 0
+            return self.conversation(messages, tools), 0
         cut = text.find(_REPLY)
         if cut < 0:
-            return self.conversation(messages), 0
+            return self.conversation(messages, tools), 0
         suffix = text[cut + len(_REPLY):]
         ids = self.tok.encode(suffix, add_special_tokens=False)
         eos = next((e for e in self._eos_strings() if suffix.startswith(e)), "")
@@ -79,6 +81,10 @@ class PromptBuilder:
         """The text of every EOS token of the model, longest first."""
         names = [self.tok.eos_token, *self.tok.convert_ids_to_tokens(list(self.tok.eos_token_ids))]
         return sorted({n for n in names if n}, key=len, reverse=True)
+
+
+def _tools_kw(tools: list[dict] | None) -> dict:
+    return {"tools": tools} if tools else {}
 
 
 def _normalize(messages: list[dict]) -> list[dict]:

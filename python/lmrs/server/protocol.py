@@ -15,10 +15,11 @@ from lmrs.engine.params import MAX_LOGPROBS
 
 MAX_N = 16
 MAX_STOP = 16
-#: finish_reason values on every route: a generation ends with "stop" (EOS, stop word, cancel),
-#: "length" (a token limit; a refused session turn), or "error" (the request failed; its
-#: message is in `error` on /generate, in an error event on the OpenAI streams).
-FinishReasonName = Literal["stop", "length", "error"]
+#: finish_reason values on every route: a generation ends with "stop" (EOS, stop word, cancel, a
+#: complete structured output), "length" (a token limit; a refused session turn), "tool_calls" (chat
+#: completions: the reply is tool calls), or "error" (the request failed; its message is in `error`
+#: on /generate, in an error event on the OpenAI streams).
+FinishReasonName = Literal["stop", "length", "tool_calls", "error"]
 
 
 class _Request(BaseModel):
@@ -64,8 +65,26 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopStrings = Union[str, Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)], None]
 
 
+class _StructuredOutput(_Request):
+    """The output constraint fields every generating route takes (validated by lmrs.structured, whose
+    errors name the field: HTTP 400)."""
+
+    response_format: Optional[dict[str, Any]] = Field(
+        None, description='OpenAI: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                          '"json_schema": {"name", "schema", "strict"}}: the output is JSON valid under the schema')
+    structured_outputs: Optional[dict[str, Any]] = Field(
+        None, description='vLLM\'s extension: exactly one of {"json": schema}, {"regex": "..."}, {"choice": '
+                          '["a", "b"]}, {"grammar": "Lark or EBNF"}, {"json_object": true}; optional '
+                          '"whitespace_pattern", "disable_any_whitespace"')
+    guided_json: Any = Field(None, description="vLLM's older form of structured_outputs.json")
+    guided_regex: Optional[str] = Field(None, description="vLLM's older form of structured_outputs.regex")
+    guided_choice: Optional[list[str]] = Field(None, description="vLLM's older form of structured_outputs.choice")
+    guided_grammar: Optional[str] = Field(None, description="vLLM's older form of structured_outputs.grammar")
+    guided_whitespace_pattern: Optional[str] = None
+
+
 # ---- /generate ------------------------------------------------------------------------------
-class GenerateRequest(_Request):
+class GenerateRequest(_StructuredOutput):
     """lmdeploy's session-aware generate (interactive mode)."""
 
     prompt: Union[str, list[ChatMessage]] = Field(
@@ -134,7 +153,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
+class _Sampling(_StructuredOutput):
     model: Optional[str] = Field(None, description="The served model's name (see /v1/models)")
     temperature: Temperature = 0.7
     top_p: TopP = 1.0
@@ -168,11 +187,31 @@ class ChatCompletionRequest(_Sampling):
     renew_session: bool = Field(False, description="With session_id: drop the session's history first")
     sequence_end: bool = Field(False, description="With session_id: end the session after this reply (with "
                                                   "`messages: []` and `max_tokens: 0`: at once, nothing generated)")
+    tools: Optional[list[dict[str, Any]]] = Field(
+        None, description='Functions the model may call: [{"type": "function", "function": {"name", '
+                          '"description", "parameters": JSON schema}}], shown to the chat template')
+    tool_choice: Union[str, dict[str, Any], None] = Field(
+        None, description='"none", "auto" (default with tools), "required" (at least one call) or '
+                          '{"type": "function", "function": {"name": ...}}; required and named calls are generated '
+                          "under the function's schema, so their arguments always validate")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Allow more than one call (default true)")
+
+
+class ToolCallFunction(_Response):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text")
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
 
 
 class ChatMessageOut(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str] = Field(description="The reply's text (null when it is only tool calls)")
+    tool_calls: Optional[list[ToolCallOut]] = None
 
 
 class TopLogprob(_Response):
@@ -219,6 +258,9 @@ class ChatCompletionResponse(_Response):
 class ChatDelta(_Response):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = Field(
+        None, description="Pieces of tool calls: the first of a call has index, id, type and function.name; "
+                          "later ones index and a function.arguments piece")
 
 
 class ChatChunkChoice(_Response):

@@ -17,3 +17,5 @@ class ServerSettings:
     shutdown_timeout: float = 30.0  # grace period for running requests on SIGTERM
     enable_metrics: bool = True
     log_requests: bool = True
+    tool_call_parser: str | None = None  # hermes | llama3_json | mistral; None: from the chat template
+    grammar_compile_timeout: float = 10.0  # seconds a request waits for its grammar to compile (then 400)

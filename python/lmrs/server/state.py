@@ -16,6 +16,7 @@ from lmrs.engine.input_processor import InputProcessor
 from lmrs.engine.model_info import ModelInfo
 from lmrs.engine.request import EngineRequest
 from lmrs.server.errors import APIError
+from lmrs.server.grammars import GrammarServices
 from lmrs.server.prompts import PromptBuilder
 from lmrs.server.requests import RequestGroup, RequestRecord, api_error
 from lmrs.server.settings import ServerSettings
@@ -34,6 +35,7 @@ class ServerState:
         self.draining = False  # set on SIGTERM: new requests get 503
         self.ready_cache = {"t": 0.0, "ok": False, "detail": None}  # /health/ready probe result
         self.openapi_doc: dict | None = None
+        self.grammars = GrammarServices(self)  # grammar compiler and tool-call parser of the model
 
     @property
     def info(self) -> ModelInfo:
