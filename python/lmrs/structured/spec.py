@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from .errors import FieldError
 from .gbnf import gbnf_to_lark, looks_like_gbnf
 
-__all__ = ["GrammarSpec", "json_schema_spec", "json_object_spec", "regex_spec", "choice_spec", "grammar_spec",
+__all__ = ["GrammarSpec", "DEFAULT_JSON_WHITESPACE", "json_schema_spec", "json_object_spec", "regex_spec", "choice_spec", "grammar_spec",
            "lark_literal", "MAX_SOURCE_CHARS"]
 
 # a bound on what one request may ask the engine to compile (about a 128-tool set with long schemas)
@@ -45,11 +45,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+#: Whitespace allowed between JSON tokens when a request sets none: enough for pretty-printed
+#: output (a newline and 14 levels of indentation), bounded so that a model drifting into
+#: whitespace cannot spend its whole token budget there (llguidance's default is unbounded).
+DEFAULT_JSON_WHITESPACE = r"[ \t\n]{0,30}"
+
+
 def json_schema_spec(schema: Any, field: str, *, whitespace_pattern: str | None = None,
                      compact: bool = False) -> GrammarSpec:
     """Output that is a JSON value valid under ``schema`` (a dict, ``true``, or JSON text of one).
     ``whitespace_pattern``: a regex for the whitespace allowed between JSON tokens (vLLM's field);
-    ``compact``: no free whitespace (``", "`` and ``": "`` separators)."""
+    ``compact``: no free whitespace (``", "`` and ``": "`` separators); neither:
+    ``DEFAULT_JSON_WHITESPACE``."""
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -66,6 +73,8 @@ def json_schema_spec(schema: Any, field: str, *, whitespace_pattern: str | None 
         options["whitespace_pattern"] = whitespace_pattern
     if compact:
         options.update(whitespace_flexible=False, item_separator=", ", key_separator=": ")
+    elif whitespace_pattern is None and "whitespace_pattern" not in schema.get("x-guidance", {}):
+        options["whitespace_pattern"] = DEFAULT_JSON_WHITESPACE
     if options:
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **options}}
     return GrammarSpec("json_schema", _dumps(schema), field)
