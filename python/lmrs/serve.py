@@ -51,7 +51,7 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "max-num-batched-tokens", type=int, default=2048, help="most tokens computed in one step")
     add_flag(p, "max-embed-tokens-with-decodes", type=int, default=None,
              help="most /v1/embeddings tokens in a step that also generates, so a large embeddings call cannot "
-                  "stall streams (default: a quarter of --max-num-batched-tokens; 0: no separate limit)")
+                  "stall streams (default: an eighth of --max-num-batched-tokens; 0: no separate limit)")
     add_flag(p, "disable-prefix-caching", action="store_true", help="turn the prefix cache off")
     add_flag(p, "device", default="cpu", help="cpu or cuda")
     add_flag(p, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],

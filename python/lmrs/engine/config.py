@@ -12,7 +12,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     max_num_seqs: int = 64  # most sequences decoded together (--instance-num)
     max_num_batched_tokens: int = 2048  # most tokens computed in one step
-    # most embedding tokens in a step that also runs generating requests (None: a quarter of
+    # most embedding tokens in a step that also runs generating requests (None: an eighth of
     # max_num_batched_tokens; 0: no separate limit), so a large embeddings call cannot stall streams
     max_embed_tokens_with_decodes: int | None = None
     block_size: int = 16
@@ -38,7 +38,7 @@ class EngineConfig:
         """The embedding share of a step that also decodes (0: no separate limit)."""
         if self.max_embed_tokens_with_decodes is not None:
             return self.max_embed_tokens_with_decodes
-        return max(self.block_size, self.max_num_batched_tokens // 4)
+        return max(self.block_size, self.max_num_batched_tokens // 8)
 
     def validate(self) -> None:
         def positive(name):
