@@ -55,7 +55,7 @@ class JsonScanner:
         self.stack: list[str] = []  # open containers: '{' or '['
         self.state = _VALUE
         self._after_scalar = _DONE  # the state a finished scalar returns to
-        self._str_escape = 0  # 0: none, 1: after '\\', 2..5: inside \\uXXXX (hex digits left + 1)
+        self._str_escape = 0  # 0: none, 1: after '\\', 2..5: inside a \\u escape (hex digits left + 1)
         self._str_is_key = False
         self._key_chars: list[str] = []
         self._number = ""
