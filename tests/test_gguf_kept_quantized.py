@@ -176,14 +176,16 @@ def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
     cpu_kernels.force_portable(path == "portable")
     try:
         model = build_model(pair.kept.config, pair.kept.weights, dtype=torch.bfloat16)
-        assert model.compute_dtype(len(ids)) == (torch.bfloat16 if path == "bf16-activations" else torch.float32)
+        # native: bfloat16 activations on AVX512-BF16 machines, float32 elsewhere
+        bf16_activations = path == "bf16-activations" or (path == "native" and quantized.native_bf16())
+        assert model.compute_dtype(len(ids)) == (torch.bfloat16 if bf16_activations else torch.float32)
         ours = prefill_logits(model, ids)
     finally:
         cpu_kernels.force_portable(False)
-    tol = LOGIT_TOLERANCE["bfloat16" if path == "bf16-activations" else "float32"]
+    tol = LOGIT_TOLERANCE["bfloat16" if bf16_activations else "float32"]
     diff = (ours - ref).abs()
     agree = ours.argmax(-1) == ref.argmax(-1)
-    if pair.name == "qwen3_moe" and path == "bf16-activations":
+    if pair.name == "qwen3_moe" and bf16_activations:
         assert float(diff.median()) < tol and float(agree.float().mean()) >= 0.8, (float(diff.median()), agree)
         return
     assert float(diff.max()) < tol, (pair.name, float(diff.max()))
@@ -210,14 +212,23 @@ def test_greedy_batch_of_8_agrees_with_the_float32_model(tmp_path, family):
     ours = _greedy(p.kept, "bfloat16", prompts)
     ref = _greedy(p.dense, "float32", prompts)
     ref_model = build_model(p.dense.config, p.dense.weights, dtype=torch.float32)
-    for prompt, a, b in zip(prompts, ours, ref):
-        for step, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                logits = prefill_logits(ref_model, prompt + b[:step])[-1]
-                top2 = logits.topk(2)
-                assert x == int(top2.indices[1]) and float(top2.values[0] - top2.values[1]) < NEAR_TIE, (step, x, y)
-                break
-    assert _greedy(p.kept, "bfloat16", prompts, max_num_batched_tokens=16) == ours
+
+    def agrees_except_at_near_ties(outs):
+        for prompt, a, b in zip(prompts, outs, ref):
+            for step, (x, y) in enumerate(zip(a, b)):
+                if x != y:
+                    logits = prefill_logits(ref_model, prompt + b[:step])[-1]
+                    top2 = logits.topk(2)
+                    assert x == int(top2.indices[1]) and float(top2.values[0] - top2.values[1]) < NEAR_TIE, (step, x, y)
+                    break
+
+    agrees_except_at_near_ties(ours)
+    chunked = _greedy(p.kept, "bfloat16", prompts, max_num_batched_tokens=16)
+    if quantized.native_bf16():
+        # products of more than 8 rows take bfloat16 activations here, so the chunk sizes change the rounding
+        agrees_except_at_near_ties(chunked)
+    else:
+        assert chunked == ours
 
 
 def test_preemption_gives_the_same_tokens(tmp_path):
