@@ -177,6 +177,7 @@ class AsyncEngine:
             self.ready.set()
             self._loop_forever()
             self._close(EngineDead("the server is shutting down"))
+            llm.close()
         except BaseException as e:  # noqa: BLE001 - the thread must report every failure
             self.error = e
             self.error_traceback = traceback.format_exc()
@@ -207,6 +208,7 @@ class AsyncEngine:
                 if self._stop:
                     return
                 cmds = list(self._cmds)
+            llm.check_health()  # a dead tensor-parallel rank ends the engine, busy or idle
                 self._cmds.clear()
             items = [item for c in cmds for item in self._apply(c)]
             step_time = 0.0
