@@ -205,10 +205,10 @@ class AsyncEngine:
                     if not self._cv.wait(timeout=1.0) and worked_since_trim:
                         release_free_memory()  # idle for a second after work: give freed pages back
                         worked_since_trim = False
+                    llm.check_health()  # a dead tensor-parallel rank ends an idle engine too (within 1 s)
                 if self._stop:
                     return
                 cmds = list(self._cmds)
-            llm.check_health()  # a dead tensor-parallel rank ends the engine, busy or idle
                 self._cmds.clear()
             items = [item for c in cmds for item in self._apply(c)]
             step_time = 0.0
