@@ -39,7 +39,7 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "server-port", type=int, default=23333, help="port to listen on")
     add_flag(p, "model-name", default=None, help="the model name clients use (default: from the model file)")
     add_flag(p, "instance-num", type=int, default=64, help="most sequences decoded together (the batch size cap)")
-    add_flag(p, "tp", type=int, default=1, help="tensor-parallel ranks (only 1 is implemented)")
+    add_flag(p, "tp", type=int, default=1, help="tensor-parallel ranks: lmrs starts N rank processes (gloo on the CPU, NCCL on CUDA, one GPU per rank); MASTER_ADDR / MASTER_PORT set the rendezvous (default a free loopback port)")
     add_flag(p, "session-len", type=int, default=None,
              help="most tokens one session may hold (history + prompt + output); default the context length")
     add_flag(p, "max-model-len", type=int, default=None, help="context length cap (default: the model's)")

@@ -177,6 +177,7 @@ class AsyncEngine:
             self.ready.set()
             self._loop_forever()
             self._close(EngineDead("the server is shutting down"))
+            getattr(llm, "close", lambda: None)()  # stop tensor-parallel worker ranks
         except BaseException as e:  # noqa: BLE001 - the thread must report every failure
             self.error = e
             self.error_traceback = traceback.format_exc()
@@ -197,6 +198,8 @@ class AsyncEngine:
 
     def _loop_forever(self) -> None:
         llm = self.llm
+        # a dead tensor-parallel rank ends an idle engine too (within 1 s); stand-in engines have no ranks
+        check_health = getattr(llm, "check_health", lambda: None)
         worked_since_trim = False
         while True:
             with self._cv:
@@ -204,6 +207,7 @@ class AsyncEngine:
                     if not self._cv.wait(timeout=1.0) and worked_since_trim:
                         release_free_memory()  # idle for a second after work: give freed pages back
                         worked_since_trim = False
+                    check_health()
                 if self._stop:
                     return
                 cmds = list(self._cmds)

@@ -25,7 +25,7 @@ class EngineConfig:
     max_sessions: int = 10_000
     session_idle_timeout_s: float = 0.0  # 0: sessions never expire by time
     seed: int | None = None
-    tp: int = 1
+    tp: int = 1  # tensor-parallel ranks (--tp; lmrs starts ranks 1..tp-1 as processes: lmrs.parallel)
     progress: bool = True
     # a GGUF's quantized weights on the CPU in 16 bits: "quantized" (kept as in the file, one copy)
     # or "dequantize" (dense 16-bit copies plus small-batch twins: several times the memory)
@@ -63,7 +63,5 @@ class EngineConfig:
             raise ValueError(f"num_blocks must be at least 2, got {self.num_blocks}")
         if not 0 < self.cache_max_entry_count <= 1:
             raise ValueError(f"cache_max_entry_count must be in (0, 1], got {self.cache_max_entry_count}")
-        if self.tp != 1:
-            raise ValueError("tensor parallelism (--tp > 1) is not implemented yet; run with --tp 1")
         if self.quantize not in ("auto", "none", "int8"):
             raise ValueError(f"quantize must be auto, none or int8, got {self.quantize!r}")

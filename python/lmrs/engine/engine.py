@@ -29,13 +29,16 @@ class Engine:
 
     Args mirror `EngineConfig`: model (HF folder or .gguf; None = the embedded SmolLM2), device,
     dtype ("auto" | "float32" | "bfloat16" | "float16"), max_num_seqs, max_num_batched_tokens,
-    block_size, num_blocks or kv_cache_memory, enable_prefix_caching, seed, ...
+    block_size, num_blocks or kv_cache_memory, enable_prefix_caching, seed, tensor_parallel_size (or tp):
+    N ranks as processes (`lmrs.parallel`; `close()` or the end of the process stops them), ...
     """
 
     def __init__(self, model: str | None = None, *, loaded=None, **kwargs: Any):
         """`loaded`: model files already loaded with `lmrs.models.loader.load_model_files` (skips loading)."""
         from lmrs.engine.loading import build_engine_parts
 
+        if "tensor_parallel_size" in kwargs:  # vLLM's name for EngineConfig.tp
+            kwargs["tp"] = kwargs.pop("tensor_parallel_size")
         self.config = EngineConfig(model=model, **kwargs)
         self.engine = LLMEngine(self.config, parts=build_engine_parts(self.config, loaded))
         self.tokenizer = self.engine.tokenizer
@@ -157,3 +160,13 @@ class Engine:
 
     def stats(self) -> dict:
         return self.engine.stats()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel worker ranks (they also stop when the process exits)."""
+        self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

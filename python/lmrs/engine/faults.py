@@ -66,6 +66,10 @@ def is_unrecoverable(exc: BaseException, device: torch.device) -> bool:
     """Whether a step failure left the device unusable (sticky CUDA error)."""
     if isinstance(exc, InjectedDeviceFault):
         return True
+    from lmrs.parallel.ranks import RankFailure
+
+    if isinstance(exc, RankFailure):  # a tensor-parallel rank died or a collective failed
+        return True
     if not isinstance(exc, Exception):
         return True  # KeyboardInterrupt, SystemExit, MemoryError-like BaseExceptions
     if device.type != "cuda":

@@ -284,6 +284,17 @@ class LLMEngine:
             deltas.append(d)
         return deltas
 
+    # ---- tensor-parallel ranks -------------------------------------------------------------------
+    def check_health(self) -> None:
+        """Raise RankFailure when a tensor-parallel rank has died (no-op with one rank)."""
+        if self.runner.ranks is not None:
+            self.runner.ranks.check()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel worker ranks (no-op with one rank); the engine is unusable after."""
+        if self.runner.ranks is not None:
+            self.runner.ranks.close()
+
     # ---- stats --------------------------------------------------------------------------------
     def stats(self) -> dict:
         s = dict(self.core.stats())

@@ -30,6 +30,7 @@ from .layers import (AttentionSpec, GatedMLP, LayerFactory, LMHead, PreNormBlock
                      SparseMoE, TokenEmbedding)
 from .layers.mlp import ACTIVATIONS
 from .linear import SINGLE, ParallelContext
+from ..parallel.sharding import head_shard
 from .quantized import QuantizedTensor
 
 __all__ = ["Family", "DecoderFamily", "GGUF_GLOBAL_NAMES", "GGUF_BLOCK_NAMES", "permute_qk", "unpermute_qk"]
@@ -319,13 +320,13 @@ class DecoderFamily(Family):
         f = LayerFactory(weights, dtype=dtype, device=device, kernels=kernels, eps=cfg.rms_norm_eps,
                          parallel=parallel)
         embedding = TokenEmbedding(weights[self.embed_name], dtype=dtype, device=device,
-                                   scale=self.embedding_scale(cfg))
+                                   scale=self.embedding_scale(cfg), parallel=parallel)
         rotaries = self.rotary_embeddings(cfg, kernels, device)
         layers = [self.build_layer(cfg, f, i, rotaries) for i in range(cfg.num_hidden_layers)]
         norm = f.norm(self.final_norm_name, offset=self.norm_offset)
         untied = not cfg.tie_word_embeddings and self.lm_head_name in weights
         head = LMHead.build(embedding, weights[self.lm_head_name] if untied else None, kernels, dtype=dtype,
-                            soft_cap=cfg.final_logit_softcapping)
+                            soft_cap=cfg.final_logit_softcapping, parallel=parallel)
         return DecoderModel(cfg, embedding=embedding, layers=layers, norm=norm, head=head, dtype=dtype, device=device,
                             kernels=kernels, num_heads=self.heads(cfg, parallel)[0],
                             num_kv_heads=self.heads(cfg, parallel)[1], rotaries=list(rotaries.values()))
@@ -333,7 +334,8 @@ class DecoderFamily(Family):
     @staticmethod
     def heads(cfg: ModelConfig, parallel: ParallelContext) -> tuple[int, int]:
         """This rank's (query heads, KV heads)."""
-        return cfg.num_attention_heads // parallel.size, max(1, cfg.num_key_value_heads // parallel.size)
+        hs = head_shard(cfg.num_attention_heads, cfg.num_key_value_heads, parallel.size, parallel.rank)
+        return hs.q_count, hs.kv_count
 
     def embedding_scale(self, cfg: ModelConfig) -> float | None:
         """Factor on the token embeddings (Gemma: sqrt(hidden_size)); None = 1."""
@@ -373,7 +375,13 @@ class DecoderFamily(Family):
     def qkv_projection(self, cfg: ModelConfig, f: LayerFactory, i: int):
         a = self.layer_prefix(i) + self.attn_prefix
         biases = [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"] if cfg.attention_bias else None
-        return f.column(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight", biases=biases)
+        return f.qkv(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight", biases,
+                     **self.head_layout(cfg))
+
+    @staticmethod
+    def head_layout(cfg: ModelConfig) -> dict:
+        """The keyword arguments of `LayerFactory.qkv` / `o_proj` for this model's heads."""
+        return dict(num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim)
 
     def attention(self, cfg: ModelConfig, f: LayerFactory, i: int, rotaries) -> SelfAttention:
         a = self.layer_prefix(i) + self.attn_prefix
@@ -382,7 +390,7 @@ class DecoderFamily(Family):
             q_norm = f.head_norm(a + "q_norm.weight", offset=self.norm_offset)
             k_norm = f.head_norm(a + "k_norm.weight", offset=self.norm_offset)
         return SelfAttention(self.attention_spec(cfg, f, i), self.qkv_projection(cfg, f, i),
-                             f.row(a + "o_proj.weight"), f.kernels, rotary=self.rotary_for_layer(cfg, i, rotaries),
+                             f.o_proj(a + "o_proj.weight", **self.head_layout(cfg)), f.kernels, rotary=self.rotary_for_layer(cfg, i, rotaries),
                              q_norm=q_norm, k_norm=k_norm)
 
     def activation(self, cfg: ModelConfig) -> str:
@@ -393,8 +401,10 @@ class DecoderFamily(Family):
         if cfg.moe is not None and cfg.moe.is_sparse(i):
             e = cfg.moe.num_experts
             gate_up = [f.column(f"{m}experts.{x}.gate_proj.weight", f"{m}experts.{x}.up_proj.weight") for x in range(e)]
-            down = [f.row(f"{m}experts.{x}.down_proj.weight") for x in range(e)]
+            # experts split by their intermediate features; one all-reduce for the whole block
+            down = [f.row(f"{m}experts.{x}.down_proj.weight", reduce=False) for x in range(e)]
             return SparseMoE(f.tensor(m + "gate.weight"), gate_up, down, f.kernels, top_k=cfg.moe.num_experts_per_tok,
-                             norm_topk_prob=cfg.moe.norm_topk_prob, activation=self.activation(cfg))
+                             norm_topk_prob=cfg.moe.norm_topk_prob, activation=self.activation(cfg),
+                             parallel=f.parallel)
         return GatedMLP(f.column(m + "gate_proj.weight", m + "up_proj.weight"), f.row(m + "down_proj.weight"),
                         f.kernels, self.activation(cfg))

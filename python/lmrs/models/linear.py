@@ -1,9 +1,10 @@
 """Linear layers with the tensor-parallel seam kept visible.
 
-`ColumnParallelLinear` splits its output features across ranks (q/k/v, gate/up); `RowParallelLinear`
-splits its input features and all-reduces its output (o_proj, down_proj). With `tp_size == 1`
-(the only size the engine runs today) both are a plain `x @ W.T (+ b)`; the sharding code below
-is what `--tp N` will use once the rank processes exist.
+`ColumnParallelLinear` holds this rank's output features (q/k/v heads, gate/up rows); `RowParallelLinear`
+holds this rank's input features and all-reduces its output (o_proj, down_proj): one all-reduce per
+row-parallel layer. Which rows / columns a rank keeps is decided by `LayerFactory` with the ranges of
+`lmrs.parallel.sharding` (heads may split unevenly: SmolLM2's 3 KV heads on 2 ranks); the weights
+given here are already this rank's slice. With one rank both are a plain `x @ W.T (+ b)`.
 
 Each layer can also hold a weight-only quantized copy for small batches (`lmrs.models.quant`),
 picked per call by the number of rows; the Rust twins take float32 activations.
@@ -12,6 +13,7 @@ picked per call by the number of rows; the Rust twins take float32 activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +23,36 @@ import torch.nn.functional as F
 class ParallelContext:
     """This process's place in the tensor-parallel group."""
 
-    rank: int = 0
-    size: int = 1
+    rank: int = 0  # this rank (0 runs the server, the Rust core and the sampler)
+    size: int = 1  # ranks in the group (--tp)
+    # the torch.distributed group the model's collectives run on; None: not distributed (no collective
+    # at all). A one-rank group still runs them (the NCCL single-rank check on a GPU).
+    group: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.group is not None
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.size == 1:
+        """The sum of `x` over the ranks, in place."""
+        if self.group is None:
             return x
-        torch.distributed.all_reduce(x)
+        torch.distributed.all_reduce(x, group=self.group)
         return x
+
+    def gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor | None:
+        """Rank 0: the ranks' column blocks of x [rows, widths[r]] side by side [rows, sum(widths)];
+        other ranks: None (they only send). Blocks are padded to the widest for the collective."""
+        if self.group is None:
+            return x
+        wide = max(widths)
+        mine = x if x.shape[1] == wide else torch.nn.functional.pad(x, (0, wide - x.shape[1]))
+        mine = mine.contiguous()
+        bufs = [torch.empty_like(mine) for _ in range(self.size)] if self.rank == 0 else None
+        torch.distributed.gather(mine, bufs, dst=0, group=self.group)
+        if self.rank != 0:
+            return None
+        return torch.cat([b[:, :w] for b, w in zip(bufs, widths)], dim=1)
 
 
 SINGLE = ParallelContext()
@@ -82,30 +106,23 @@ class Linear:
 
 
 class ColumnParallelLinear(Linear):
-    """Output features split across ranks: rank r keeps rows [r*out/size, (r+1)*out/size)."""
+    """This rank's output features (already sliced by the factory); no communication."""
 
     def __init__(self, weight, bias=None, ctx: ParallelContext = SINGLE):
-        super().__init__(shard(weight, 0, ctx), None if bias is None else shard(bias, 0, ctx))
+        super().__init__(weight, bias)
         self.ctx = ctx
 
 
 class RowParallelLinear(Linear):
-    """Input features split across ranks; partial outputs are summed with an all-reduce."""
+    """This rank's input features (already sliced); the partial outputs are summed with one all-reduce.
+    The bias is added by rank 0 only (so the sum holds it once). `reduce=False` leaves the sum to the
+    caller (MoE experts: one all-reduce for the whole block)."""
 
-    def __init__(self, weight, bias=None, ctx: ParallelContext = SINGLE):
-        super().__init__(shard(weight, 1, ctx), bias if ctx.rank == 0 else None)
+    def __init__(self, weight, bias=None, ctx: ParallelContext = SINGLE, *, reduce: bool = True):
+        super().__init__(weight, bias if ctx.rank == 0 else None)
         self.ctx = ctx
+        self.reduce = reduce
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ctx.all_reduce(super().__call__(x))
-
-
-def shard(t: torch.Tensor, dim: int, ctx: ParallelContext) -> torch.Tensor:
-    """This rank's slice of `t` along `dim` (the whole tensor when tp_size == 1)."""
-    if ctx.size == 1:
-        return t
-    n = t.shape[dim]
-    if n % ctx.size:
-        raise ValueError(f"dimension {n} is not divisible by the tensor-parallel size {ctx.size}")
-    step = n // ctx.size
-    return t.narrow(dim, ctx.rank * step, step).contiguous()
+        y = super().__call__(x)
+        return self.ctx.all_reduce(y) if self.reduce else y

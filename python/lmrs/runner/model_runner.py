@@ -41,6 +41,8 @@ class ModelRunner:
         # CUDA only: replays captured graphs for pure-decode steps (runner/cuda_graphs.py)
         self.decode_graphs = decode_graphs
         self.graph_steps = 0  # steps served by graph replay (for stats and tests)
+        # tensor parallel, rank 0: the `lmrs.parallel.ranks.RankGroup` each plan is broadcast to
+        self.ranks = None
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(arr)
@@ -63,10 +65,40 @@ class ModelRunner:
     def execute(self, raw_plan, *, return_hidden: bool = False, masks=None) -> StepOutput:
         """`masks`: the step's grammar masks (`lmrs.engine.grammar_rows.StepMasks`, filled while the
         forward pass runs), applied to the logits before sampling; None for a step without
-        constrained rows."""
+        constrained rows. With tensor parallelism (`ranks`, rank 0 only) the plan is first broadcast
+        to the other ranks, which run the same forward pass on their shards."""
         plan = raw_plan if isinstance(raw_plan, PlanView) else PlanView(raw_plan)
         if plan.num_rows == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None)
+        if self.ranks is None:
+            hidden, logits = self.forward_step(plan, return_hidden)
+        else:
+            hidden, logits = self._forward_on_ranks(plan, return_hidden)
+        pooled = self._pool(hidden, plan) if plan.num_pool_rows else None
+        kept = hidden if return_hidden else None
+        if logits is None:
+            return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
+        sample = self._sample(logits, plan, masks)
+        return StepOutput(sample.token_ids, sample, kept, pooled)
+
+    def _forward_on_ranks(self, plan, return_hidden: bool):
+        """Broadcast the plan, then the forward pass; any failure here may leave the ranks out of step
+        (a worker mid-collective), so it is a RankFailure: unrecoverable."""
+        from lmrs.parallel.ranks import RankFailure
+
+        try:
+            self.ranks.send_step(plan, return_hidden)
+            return self.forward_step(plan, return_hidden)
+        except RankFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised as the group's failure
+            self.ranks.check()  # a rank that died says so
+            raise RankFailure(f"a tensor-parallel step failed: {type(e).__name__}: {e}") from e
+
+    def forward_step(self, plan, return_hidden: bool = False):
+        """(final hidden states or None, logits of the sampled rows or None): the part of a step every
+        tensor-parallel rank runs identically (same collectives in the same order); the workers get
+        None logits (rank 0 gathers them)."""
         graphs = self.decode_graphs
         if graphs is not None and not return_hidden and plan.num_pool_rows == 0 and graphs.can_run(plan):
             try:
@@ -75,18 +107,13 @@ class ModelRunner:
                 logits = None
             if logits is not None:
                 self.graph_steps += 1
-                sample = self._sample(logits, plan, masks)
-                return StepOutput(sample.token_ids, sample, None)
+                return None, logits
         input_ids, positions, attn = self.build_inputs(plan)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
-        pooled = self._pool(hidden, plan) if plan.num_pool_rows else None
-        kept = hidden if return_hidden else None
         if plan.num_sampled == 0:
-            return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
+            return hidden, None
         idx = self._tensor(plan.logits_indices).long()
-        logits = self.model.compute_logits(hidden.index_select(0, idx))
-        sample = self._sample(logits, plan, masks)
-        return StepOutput(sample.token_ids, sample, kept, pooled)
+        return hidden, self.model.compute_logits(hidden.index_select(0, idx))
 
     @staticmethod
     def _pool(hidden: torch.Tensor, plan: PlanView) -> np.ndarray:
@@ -110,7 +137,7 @@ class ModelRunner:
     def logits_for(self, raw_plan) -> torch.Tensor:
         """float32 logits of the plan's sampled rows (for tests and tools)."""
         plan = PlanView(raw_plan)
-        input_ids, positions, attn = self.build_inputs(plan)
-        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache.layers)
-        idx = self._tensor(plan.logits_indices).long()
-        return self.model.compute_logits(hidden.index_select(0, idx)).cpu()
+        if self.ranks is not None:
+            self.ranks.send_step(plan, True)  # return_hidden: the eager path, like here
+        _hidden, logits = self.forward_step(plan, return_hidden=True)
+        return logits.cpu()

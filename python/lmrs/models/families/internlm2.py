@@ -120,14 +120,14 @@ class InternLM2Family(DecoderFamily):
         a = self.layer_prefix(i) + "attention."
         unpack = lambda t: unpack_wqkv(t, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
         biases = list(unpack(f.tensor(a + "wqkv.bias"))) if cfg.attention_bias else None
-        return f.column(*unpack(f.weight(a + "wqkv.weight")), biases=biases)
+        return f.qkv(*unpack(f.weight(a + "wqkv.weight")), biases, **self.head_layout(cfg))
 
     def attention(self, cfg, f, i, rotaries):
         from ..layers import SelfAttention
 
         a = self.layer_prefix(i) + "attention."
         o_bias = a + "wo.bias" if cfg.attention_bias else None
-        return SelfAttention(self.attention_spec(cfg, f, i), self.qkv_projection(cfg, f, i), f.row(a + "wo.weight", o_bias),
+        return SelfAttention(self.attention_spec(cfg, f, i), self.qkv_projection(cfg, f, i), f.o_proj(a + "wo.weight", o_bias, **self.head_layout(cfg)),
                              f.kernels, rotary=self.rotary_for_layer(cfg, i, rotaries))
 
     def mlp(self, cfg, f, i):

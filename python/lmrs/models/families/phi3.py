@@ -63,12 +63,21 @@ class Phi3Family(DecoderFamily):
         return {p + "mlp.gate_up_proj.weight": (2 * i, h), p + "mlp.down_proj.weight": (h, i)}
 
     def qkv_projection(self, cfg, f, i):
-        return f.column(self.layer_prefix(i) + "self_attn.qkv_proj.weight")
+        name = self.layer_prefix(i) + "self_attn.qkv_proj.weight"
+        if f.parallel.size == 1:
+            return f.column(name)
+        q, kv = cfg.q_size, cfg.kv_size  # several ranks: each slices its heads out of q, k and v
+        w = f.tensor(name)
+        return f.qkv(w[:q], w[q:q + kv], w[q + kv:], **self.head_layout(cfg))
 
     def mlp(self, cfg, f, i):
         m = self.layer_prefix(i) + "mlp."
-        return GatedMLP(f.column(m + "gate_up_proj.weight"), f.row(m + "down_proj.weight"), f.kernels,
-                        self.activation(cfg))
+        if f.parallel.size > 1:  # each rank keeps its rows of gate and of up
+            w = f.tensor(m + "gate_up_proj.weight")
+            gate_up = f.column(w[:cfg.intermediate_size], w[cfg.intermediate_size:])
+        else:
+            gate_up = f.column(m + "gate_up_proj.weight")
+        return GatedMLP(gate_up, f.row(m + "down_proj.weight"), f.kernels, self.activation(cfg))
 
 
 PHI3 = register(Phi3Family())

@@ -19,6 +19,7 @@ import torch
 
 from ..linear import SINGLE, ColumnParallelLinear, Linear, ParallelContext, RowParallelLinear
 from ..quantized import QuantizedLinear, QuantizedTensor, keeps_quantized
+from ...parallel.sharding import even_range, head_shard
 from .norm import HeadRMSNorm, RMSNorm
 
 __all__ = ["LayerFactory"]
@@ -66,10 +67,13 @@ class LayerFactory:
 
     def fused(self, parts: Sequence[str | torch.Tensor | QuantizedTensor],
               biases: Sequence[str | torch.Tensor] | None = None, *,
-              row_parallel: bool = False) -> Linear | QuantizedLinear:
+              row_parallel: bool = False, shards: Sequence[tuple[int, int]] | None = None,
+              reduce: bool = True) -> Linear | QuantizedLinear:
         """One `Linear` whose output rows are the parts' rows, in order (q | k | v, gate | up);
         a single part is a plain projection. Column-parallel unless `row_parallel` (o_proj,
-        down_proj: input features split across ranks, output all-reduced). Parts kept quantized
+        down_proj: input features split across ranks, output all-reduced unless `reduce` is False).
+        `shards`: with several ranks, this rank's (start, count) rows of each part (column) or the
+        one (start, count) column range (row); default an even split. Parts kept quantized
         give a `QuantizedLinear` (its segments may differ in type: Q4_K q/k with a Q6_K v)."""
         ws = [self._get(p) for p in parts]
         quantized = [isinstance(w, QuantizedTensor) for w in ws]
@@ -81,23 +85,57 @@ class LayerFactory:
             return QuantizedLinear(ws, bias)
         if any(quantized):  # a float part next to quantized ones: this projection is dense
             ws = [w.dequantize().to(device=self.device) if q else w for w, q in zip(ws, quantized)]
+        bs = None if biases is None else [self._get(b) for b in biases]
+        ctx = self.parallel
+        if ctx.size > 1:
+            ws, bs = self._slice(ws, bs, row_parallel, shards)
         weight = ws[0] if len(ws) == 1 else torch.cat(ws)
-        bias = None
-        if biases is not None:
-            bs = [self._get(b) for b in biases]
-            bias = bs[0] if len(bs) == 1 else torch.cat(bs)
-        cls = RowParallelLinear if row_parallel else ColumnParallelLinear
-        lin = cls(weight.to(self.dtype), None if bias is None else bias.to(self.dtype), self.parallel)
-        lin.source = weight
+        bias = None if bs is None else (bs[0] if len(bs) == 1 else torch.cat(bs))
+        if row_parallel:
+            lin = RowParallelLinear(weight.to(self.dtype), None if bias is None else bias.to(self.dtype), ctx,
+                                    reduce=reduce)
+        else:
+            lin = ColumnParallelLinear(weight.to(self.dtype), None if bias is None else bias.to(self.dtype), ctx)
+        lin.source = weight  # this rank's slice: a quantized twin is built per shard
         return lin
 
+    def _slice(self, ws, bs, row_parallel: bool, shards):
+        """This rank's slices of the parts (and biases) of a projection."""
+        ctx = self.parallel
+        if row_parallel:
+            start, count = shards[0] if shards else even_range(ws[0].shape[1], ctx.size, ctx.rank,
+                                                                 "the input features of a row-parallel projection")
+            return [w.narrow(1, start, count).contiguous() for w in ws], bs  # the bias is whole (rank 0 adds it)
+        if shards is None:
+            shards = [even_range(w.shape[0], ctx.size, ctx.rank, "the output features of a column-parallel "
+                                 "projection") for w in ws]
+        ws = [w.narrow(0, a, n).contiguous() for w, (a, n) in zip(ws, shards)]
+        if bs is not None:
+            bs = [b.narrow(0, a, n).contiguous() for b, (a, n) in zip(bs, shards)]
+        return ws, bs
+
     def column(self, *parts: str | torch.Tensor, biases: Sequence[str | torch.Tensor] | None = None) -> Linear:
-        """A column-parallel projection (fused when given several parts)."""
+        """A column-parallel projection (fused when given several parts), each part split evenly."""
         return self.fused(parts, biases)
 
-    def row(self, weight: str | torch.Tensor, bias: str | torch.Tensor | None = None) -> Linear:
-        """A row-parallel projection (its output is all-reduced across ranks)."""
-        return self.fused([weight], None if bias is None else [bias], row_parallel=True)
+    def qkv(self, q, k, v, biases=None, *, num_heads: int, num_kv_heads: int, head_dim: int) -> Linear:
+        """The fused q | k | v projection of this rank's heads (`lmrs.parallel.sharding.head_shard`)."""
+        hs = head_shard(num_heads, num_kv_heads, self.parallel.size, self.parallel.rank)
+        kv = (hs.kv_start * head_dim, hs.kv_count * head_dim)
+        return self.fused([q, k, v], biases, shards=[(hs.q_start * head_dim, hs.q_count * head_dim), kv, kv])
+
+    def row(self, weight: str | torch.Tensor, bias: str | torch.Tensor | None = None, *,
+            columns: tuple[int, int] | None = None, reduce: bool = True) -> Linear:
+        """A row-parallel projection (its output is all-reduced across ranks unless `reduce` is False);
+        `columns`: this rank's (start, count) input features (default an even split)."""
+        return self.fused([weight], None if bias is None else [bias], row_parallel=True,
+                          shards=None if columns is None else [columns], reduce=reduce)
+
+    def o_proj(self, weight: str | torch.Tensor, bias=None, *, num_heads: int, num_kv_heads: int,
+               head_dim: int) -> Linear:
+        """The attention output projection over this rank's query heads."""
+        hs = head_shard(num_heads, num_kv_heads, self.parallel.size, self.parallel.rank)
+        return self.row(weight, bias, columns=(hs.q_start * head_dim, hs.q_count * head_dim))
 
     def norm(self, name: str | torch.Tensor, *, offset: float = 0.0, eps: float | None = None) -> RMSNorm:
         return RMSNorm(self._get(name), self.eps if eps is None else eps, self.kernels, offset=offset,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..linear import Linear
+from ..linear import SINGLE, Linear, ParallelContext
 from .mlp import activation_op
 
 __all__ = ["SparseMoE"]
@@ -27,7 +27,7 @@ class SparseMoE:
     """Top-k routed experts; each expert is a gated MLP (fused gate_up, down)."""
 
     def __init__(self, router_weight: torch.Tensor, gate_up: list[Linear], down: list[Linear], kernels, *,
-                 top_k: int, norm_topk_prob: bool, activation: str = "silu"):
+                 top_k: int, norm_topk_prob: bool, activation: str = "silu", parallel: ParallelContext = SINGLE):
         if not (len(gate_up) == len(down) == router_weight.shape[0]):
             raise ValueError(f"router has {router_weight.shape[0]} experts but {len(gate_up)} gate_up and "
                              f"{len(down)} down projections were given")
@@ -39,6 +39,9 @@ class SparseMoE:
         self.top_k = int(top_k)
         self.norm_topk_prob = bool(norm_topk_prob)
         self.act_and_mul = activation_op(kernels, activation)
+        # tensor parallel: every rank routes the same tokens to the same experts, each computes its slice
+        # of every expert's intermediate features; the block's float32 output is summed by one all-reduce
+        self.parallel = parallel
 
     @property
     def num_experts(self) -> int:
@@ -76,4 +79,4 @@ class SparseMoE:
         out = out.float() * weights.reshape(-1)[perm].unsqueeze(-1)
         restored = torch.empty_like(out)
         restored[perm] = out
-        return restored.view(t, k, h).sum(dim=1)
+        return self.parallel.all_reduce(restored.view(t, k, h).sum(dim=1))

@@ -1,0 +1,163 @@
+"""Tensor parallelism on the CPU (gloo, float32): TP=2 gives the tokens of TP=1.
+
+- the real SmolLM2 (9 query heads, 3 KV heads: an uneven 1 + 2 split of the KV heads) reproduces
+  the golden tokens;
+- tiny models with 4 KV heads and with 1 KV head (replicated on both ranks) give TP=1's tokens in a
+  mixed batch with chunked prefill, preemption and session turns;
+- every family's tiny model (dense, Qwen3-MoE experts, Phi-3's fused checkpoint projections,
+  InternLM2's packed wqkv, Gemma's soft-caps) sharded on two ranks gives the unsharded logits;
+- a rank that cannot start or a taken rendezvous port fails the engine with a clear error, and no
+  rank process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from lmrs import Engine, SamplingParams
+from lmrs.engine.request import SessionTurn
+from lmrs.parallel.ranks import RankStartError
+from lmrs.parallel.sharding import head_shard
+
+GREEDY = SamplingParams(temperature=0, max_tokens=48)
+
+
+def test_head_shards_cover_every_head_once_or_replicate_kv():
+    assert [head_shard(9, 3, 2, r) for r in (0, 1)] == [head_shard(9, 3, 2, 0), head_shard(9, 3, 2, 1)]
+    a, b = head_shard(9, 3, 2, 0), head_shard(9, 3, 2, 1)
+    assert (a.q_start, a.q_count, a.kv_count, b.q_start, b.q_count, b.kv_count) == (0, 3, 1, 3, 6, 2)
+    one = [head_shard(4, 1, 2, r) for r in (0, 1)]  # one KV head: both ranks hold it
+    assert [(s.q_start, s.q_count, s.kv_start, s.kv_count) for s in one] == [(0, 2, 0, 1), (2, 2, 0, 1)]
+    with pytest.raises(ValueError, match="multiple of the KV heads"):
+        head_shard(6, 2, 3, 0)
+
+
+def test_smollm2_golden_tokens_with_two_ranks(smollm2_path, golden):
+    prompts = golden["prompts"]
+    with Engine(smollm2_path, dtype="float32", tp=2, kv_cache_memory="96MiB", progress=False) as engine:
+        outs = engine.generate([p["prompt_token_ids"] for p in prompts], GREEDY)
+        ranks = engine.engine.runner.ranks
+        assert ranks.steps_sent > 0 and ranks.bytes_sent >= ranks.steps_sent * 65536
+    for o, p in zip(outs, prompts):
+        assert o.token_ids == p["output_token_ids"], p["id"]
+        assert o.text == p["output_text"], p["id"]
+
+
+def _mixed_workload(engine) -> list[list[int]]:
+    """Six prompts at once (chunked prefill, preemption with a small cache), then two session turns."""
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    prompts = [rng.integers(5, 300, n).tolist() for n in (70, 5, 33, 120, 9, 50)]
+    results = [o.token_ids for o in engine.generate(prompts, params)]
+    llm = engine.engine
+    for turn, start in ((rng.integers(5, 300, 40).tolist(), True), (rng.integers(5, 300, 12).tolist(), False)):
+        rids = [llm.add_request(turn, params, session=SessionTurn(sid, sequence_start=start)) for sid in (7, 8)]
+        got = {rid: [] for rid in rids}
+        while any(rid in llm.requests for rid in rids) or llm.has_unfinished():
+            for d in llm.step():
+                if d.request_id in got:
+                    got[d.request_id] += d.token_ids
+        results += [got[rid] for rid in rids]
+    assert engine.stats()["preemptions"] > 0, "the workload should preempt"
+    return results
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1], ids=["4-kv-heads", "1-kv-head-replicated"])
+def test_tiny_model_mixed_batch_same_tokens_as_one_rank(tmp_path, kv_heads):
+    from lmrs.models.testing import make_tiny_model
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=kv_heads, vocab_size=384, seed=kv_heads))
+    kw = dict(dtype="float32", num_blocks=20, max_num_batched_tokens=48, progress=False)
+    with Engine(folder, **kw) as one:
+        expected = _mixed_workload(one)
+    with Engine(folder, tensor_parallel_size=2, **kw) as two:
+        assert two.engine.runner.model.num_kv_heads == max(1, kv_heads // 2)
+        got = _mixed_workload(two)
+    assert got == expected
+
+
+FAMILIES = ["llama", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3", "smollm3", "internlm2", "mistral"]
+
+
+def test_every_family_sharded_on_two_ranks_gives_unsharded_logits(tmp_path):
+    from torch import multiprocessing as mp
+
+    from lmrs.models.linear import SINGLE
+    from lmrs.models.testing_hf import make_tiny_family_model
+    from tp_shards import family_logits, rank_main
+
+    folders = {f: str(make_tiny_family_model(f, tmp_path / f, seed=1)[0]) for f in FAMILIES}
+    expected = {f: family_logits(folder, SINGLE) for f, folder in folders.items()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank0.pt")
+    mp.start_processes(rank_main, args=(port, folders, out), nprocs=2, join=True, start_method="spawn")
+    got = torch.load(out)
+    for f in FAMILIES:
+        assert got[f].shape == expected[f].shape, f
+        torch.testing.assert_close(got[f], expected[f], rtol=1e-4, atol=1e-4, msg=f)
+        assert torch.equal(got[f].argmax(-1), expected[f].argmax(-1)), f
+
+
+def _children_alive(pid: int) -> list[int]:
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == pid:
+                alive.append(int(entry))
+    return alive
+
+
+def _rank_children() -> list[int]:
+    """This process's children that are lmrs rank processes (spawned python processes)."""
+    out = []
+    for c in _children_alive(os.getpid()):
+        try:
+            with open(f"/proc/{c}/cmdline", "rb") as f:
+                if b"multiprocessing" in f.read():
+                    out.append(c)
+        except OSError:
+            pass
+    return out
+
+
+def test_a_rank_that_cannot_start_fails_the_engine_clearly(tmp_path, monkeypatch):
+    from lmrs.models.testing import make_tiny_model
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
+    before = set(_rank_children())
+    monkeypatch.setenv("LMRS_TP_FAIL_RANK", "1")
+    with pytest.raises(RankStartError, match="rank 1: start failure injected"):
+        Engine(folder, dtype="float32", tp=2, num_blocks=8, progress=False)
+    assert set(_rank_children()) <= before, "no rank process is left behind"
+
+
+def test_a_taken_rendezvous_port_fails_the_engine_clearly(tmp_path, monkeypatch):
+    from lmrs.models.testing import make_tiny_model
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("MASTER_PORT", str(taken.getsockname()[1]))
+        with pytest.raises(RankStartError, match="cannot open the rendezvous port"):
+            Engine(folder, dtype="float32", tp=2, num_blocks=8, progress=False)
+
+
+def test_tp_that_does_not_fit_the_heads_is_refused(tmp_path):
+    from lmrs.models.testing import make_tiny_model
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
+    with pytest.raises(Exception, match="multiple of the KV heads|query heads"):
+        Engine(folder, dtype="float32", tp=3, num_blocks=8, progress=False)
