@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     from lmrs.logging_setup import setup_logging
 
     setup_logging(args.log_level, args.log_format)
+    if args.replicas < 1:
+        print("lmrs serve ray: --replicas must be at least 1", file=sys.stderr)
+        return 2
     try:
         import ray
         from ray import serve
@@ -40,9 +43,6 @@ def main(argv=None) -> int:
         return 2
     from lmrs.serve import configs_from_args
 
-    if args.replicas < 1:
-        print("lmrs serve ray: --replicas must be at least 1", file=sys.stderr)
-        return 2
     try:
         engine_cfg, settings = configs_from_args(args)
         engine_cfg.validate()
