@@ -122,11 +122,12 @@ class LmrsIngress:
 
     async def _fan_out(self, path_qs: str, path: str, headers) -> Response:
         names = await self._replica_names(headers)
-        calls = [self.engine.fetch.remote(RouteKey(replica=n), "GET", path_qs, headers, b"") for n in names]
         answers = []
-        for call in calls:
+        for n in names:
+            # One call at a time: calls made while serving one HTTP request share its internal request id,
+            # by which Serve's router hands each routed call its replica, so concurrent ones would collide.
             try:
-                answers.append(await call)
+                answers.append(await self.engine.fetch.remote(RouteKey(replica=n), "GET", path_qs, headers, b""))
             except Exception as e:  # noqa: BLE001 - a dead replica is reported, not fatal
                 answers.append({"status": 503, "headers": [], "replica": None,
                                 "body": json.dumps({"status": "error", "detail": str(e)}).encode()})
