@@ -8,6 +8,7 @@ down (replicas drain within --shutdown-timeout).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -59,8 +60,15 @@ def main(argv=None) -> int:
 
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
     stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():  # a second signal: no more waiting
+            print("lmrs serve ray: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         serve.start(http_options={"host": args.server_name, "port": args.server_port})
         serve.run(build_serve_app(engine_cfg, settings, replicas=args.replicas,
@@ -69,11 +77,30 @@ def main(argv=None) -> int:
         host = "127.0.0.1" if args.server_name in ("0.0.0.0", "") else args.server_name
         print(f"lmrs: {args.replicas} replicas of {settings.model_name} ready on http://{host}:{args.server_port} "
               "(Ray Serve)", file=sys.stderr, flush=True)
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        _shut_down(serve, ray, settings.shutdown_timeout + 30)
     return 0
+
+
+def _shut_down(serve, ray, timeout_s: float) -> None:
+    """serve.shutdown() (replicas drain) then ray.shutdown(); if Serve hangs (say a Ray process was
+    killed under it), stop Ray anyway after timeout_s."""
+    done = threading.Event()
+
+    def drain():
+        try:
+            serve.shutdown()
+        except Exception as e:  # noqa: BLE001 - Ray is stopped below either way
+            print(f"lmrs serve ray: serve.shutdown failed: {e}", file=sys.stderr, flush=True)
+        done.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not done.wait(timeout_s):
+        print(f"lmrs serve ray: Serve did not shut down within {timeout_s:.0f} s; stopping Ray", file=sys.stderr,
+              flush=True)
+    ray.shutdown()
 
 
 if __name__ == "__main__":
