@@ -70,8 +70,6 @@ def body(**kw) -> bytes:
 def test_route_keys_of_sessions_responses_and_stateless_requests():
     assert route_key_of("POST", "/generate", body(prompt="hi", session_id=7)) == RouteKey(session="s7")
     assert route_key_of("POST", "/generate", body(prompt="hi", instance_id=7)) == RouteKey(session="s7")
-    # the API's lax ints route like the int they validate to
-    assert route_key_of("POST", "/generate", body(prompt="hi", session_id="7")).session == "s7"
     assert route_key_of("POST", "/generate", body(prompt="", session_id=7, stop=True)).session == "s7"
     assert route_key_of("POST", "/v1/chat/completions", body(messages=[], session_id=3)).session == "s3"
     stateless = route_key_of("POST", "/generate", body(prompt="x" * 200, session_id=-1))
@@ -86,7 +84,8 @@ def test_route_keys_of_sessions_responses_and_stateless_requests():
 
 def test_bad_bodies_route_as_stateless_so_the_replica_names_the_field():
     for raw in (b"{bad", b"[1, 2]", b"", b"\xff\xfe", body(prompt="hi", session_id="abc"),
-                body(prompt="hi", session_id=True), body(prompt="hi", session_id=-5)):
+                body(prompt="hi", session_id=True), body(prompt="hi", session_id=-5),
+                body(prompt="hi", session_id="7"), body(prompt="hi", session_id=7.0)):  # the API's ints are strict
         key = route_key_of("POST", "/generate", raw)
         assert key.stateless, raw
 

@@ -178,6 +178,7 @@ def build_serve_app(engine_cfg, settings, *, replicas: int, num_cpus: float = 1.
         health_check_period_s=5.0, health_check_timeout_s=60.0,
         graceful_shutdown_timeout_s=settings.shutdown_timeout)
     ingress = serve.deployment(LmrsIngress).options(
-        name=INGRESS_DEPLOYMENT, num_replicas=1, max_ongoing_requests=max(1024, replicas * (settings.max_queued_requests + 64)),
+        name=INGRESS_DEPLOYMENT, num_replicas=1,
+        max_ongoing_requests=max(1024, replicas * (settings.max_queued_requests + 64)),
         ray_actor_options={"num_cpus": 0})
     return ingress.bind(engine.bind(engine_cfg, settings), settings.max_body_bytes)

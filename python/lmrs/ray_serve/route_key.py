@@ -47,19 +47,8 @@ def replica_of_response_id(response_id: str) -> str | None:
 
 
 def _as_int(value) -> int | None:
-    """The int the API's (lax) validation reads from a field: 7, 7.0 and "7" all read 7."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    return None
+    """The int the API accepts: a JSON integer (its validation is strict: not "7", 7.0 or true)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _session_id(body: dict, *names: str) -> int | None:
@@ -92,7 +81,8 @@ def route_key_of(method: str, path: str, body: bytes) -> RouteKey:
     if not isinstance(parsed, dict):
         return RouteKey()
     if path in SESSION_ROUTES:
-        sid = _session_id(parsed, "session_id", "instance_id") if path == "/generate" else _session_id(parsed, "session_id")
+        names = ("session_id", "instance_id") if path == "/generate" else ("session_id",)
+        sid = _session_id(parsed, *names)
         if sid is not None:
             return RouteKey(session=f"s{sid}")
     if path == RESPONSES_ROUTE:
