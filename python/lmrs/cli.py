@@ -1,6 +1,7 @@
 """The `lmrs` console script.
 
     lmrs serve api_server [MODEL] [flags]    the HTTP server (same as python -m lmrs.serve)
+    lmrs serve ray [MODEL] --replicas R [flags]  R replicas behind Ray Serve, sessions pinned (lmrs[ray])
     lmrs serve api_client URL [--session-id N]   terminal chat client of a running server
     lmrs serve gradio URL [--server-name H --server-port P]   browser chat UI of a running server
     lmrs convert GGUF OUTDIR [--dtype ...]   GGUF -> Hugging Face folder (safetensors + tokenizer)
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
             from lmrs.serve import main as serve_main
 
             return serve_main(rest, prog="lmrs serve api_server")
+        if sub == "ray":
+            from lmrs.ray_serve.serve_ray import main as ray_main
+
+            return ray_main(rest)
         if sub == "api_client":
             from lmrs.client.api_client import main as client_main
 
@@ -38,7 +43,7 @@ def main(argv=None) -> int:
             from lmrs.client.webui import main as webui_main
 
             return webui_main(rest)
-        print(f"lmrs serve: unknown command {sub!r} (api_server, api_client, gradio)", file=sys.stderr)
+        print(f"lmrs serve: unknown command {sub!r} (api_server, ray, api_client, gradio)", file=sys.stderr)
         return 2
     if cmd == "convert":
         from lmrs.models.convert import main as convert_main

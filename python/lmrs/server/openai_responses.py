@@ -153,7 +153,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                 f"deleted, expired, stored with store: false, or made with another API key)")
     grammar = await output_grammar(state, req)
     plan = plan_turn(state, store, req, owner, prev, new, chat, grammar)
-    rid, created = f"resp_{uuid.uuid4().hex[:24]}", now()
+    tag = state.settings.response_id_tag
+    rid, created = f"resp_{tag + '_' if tag else ''}{uuid.uuid4().hex[:24]}", now()
     events = ResponseEvents(rid, created, state.settings.model_name, req)
     outcome = _Outcome()
     try:

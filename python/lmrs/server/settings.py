@@ -19,3 +19,4 @@ class ServerSettings:
     log_requests: bool = True
     tool_call_parser: str | None = None  # hermes | llama3_json | mistral; None: from the chat template
     grammar_compile_timeout: float = 10.0  # seconds a request waits for its grammar to compile (then 400)
+    response_id_tag: str = ""  # a replica's name inside its Responses ids (resp_<tag>_<hex>) for routing; "": none
