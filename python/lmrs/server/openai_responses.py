@@ -26,9 +26,8 @@ from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
 from lmrs.server.chat_request import ChatTranslation, prepare_chat
 from lmrs.server.errors import APIError, parse_request
-from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, now, sampling_params
+from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, collect_choices, now, sampling_params
 from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
-from lmrs.server.requests import RequestTimeout
 from lmrs.server.response_store import ResponseStore, StoredResponse
 from lmrs.server.responses_items import assistant_message, check_call_outputs, input_messages
 from lmrs.server.responses_stream import ResponseEvents
@@ -137,18 +136,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         async with state.track(ROUTE, [plan.request], plan.session_id) as group:
             if req.stream:
                 return await events.stream(request, group, outcome)
-            text, finish, error = [], None, None
-            try:
-                async for _, d in group.deltas():
-                    text.append(d.text)
-                    if d.finished:
-                        finish, error = d.finish_reason, d.error
-            except RequestTimeout:
-                raise group.timeout_error() from None
-            if finish == FinishReason.ERROR:
-                raise APIError(503, error or "generation failed")
-            full = "".join(text)
-            outcome.set(full, finish, group.usage(), events.output_items(full, finish))
+            got = await collect_choices(group, 1)
+            outcome.set(got.texts[0], got.finish[0], group.usage(), events.output_items(got.texts[0], got.finish[0]))
             body = events.final_body(outcome)
             return web.json_response(body)
     finally:
