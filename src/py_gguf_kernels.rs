@@ -17,25 +17,23 @@ use crate::cpu_kernels::gguf_matmul::{gguf_matmul, GgufMatmulArgs};
 use crate::cpu_kernels::gguf_rows::{
     copy_rows, dequantize_rows, pack, refine_top_logits_quant, unpack_rows, QuantRefineArgs,
 };
-use crate::cpu_kernels::{slice_from, DType};
+use crate::cpu_kernels::slice_from;
+use crate::py_args::{checked, nonnull, run, MatmulOperands};
 
 fn gguf_type(code: u32) -> PyResult<GgufType> {
-    GgufType::from_ggml(code).map_err(PyValueError::new_err)
+    checked(GgufType::from_ggml(code))
 }
 
-fn dtype(code: u32) -> PyResult<DType> {
-    DType::from_code(code).map_err(PyValueError::new_err)
-}
-
-fn nonnull(addr: usize, what: &str) -> PyResult<usize> {
-    if addr == 0 {
-        return Err(PyValueError::new_err(format!("{what} is a null pointer")));
+/// A tiled [n, k] weight's buffer length, checked against its type and shape.
+fn check_packed_len(t: GgufType, n: usize, k: usize, packed_len: usize) -> PyResult<()> {
+    let want = checked(packed_bytes(t, n, k))?;
+    if packed_len != want {
+        return Err(PyValueError::new_err(format!(
+            "packed buffer has {packed_len} bytes, a {} [{n}, {k}] weight needs {want}",
+            t.name()
+        )));
     }
-    Ok(addr)
-}
-
-fn run<F: FnOnce() -> Result<(), String> + Send>(py: Python<'_>, f: F) -> PyResult<()> {
-    py.detach(f).map_err(PyValueError::new_err)
+    Ok(())
 }
 
 /// The ggml type codes kept quantized.
@@ -47,7 +45,7 @@ fn cpu_gguf_types() -> Vec<u32> {
 /// Bytes of a tiled [n, k] weight of ggml type `ty`.
 #[pyfunction]
 fn cpu_gguf_packed_bytes(ty: u32, n: usize, k: usize) -> PyResult<usize> {
-    packed_bytes(gguf_type(ty)?, n, k).map_err(PyValueError::new_err)
+    checked(packed_bytes(gguf_type(ty)?, n, k))
 }
 
 /// Bytes of one row of a [n, k] tensor of ggml type `ty` in a GGUF file.
@@ -163,13 +161,7 @@ fn cpu_gguf_dequantize_rows(
     if count == 0 {
         return Ok(());
     }
-    let want = packed_bytes(t, n, k).map_err(PyValueError::new_err)?;
-    if packed_len != want {
-        return Err(PyValueError::new_err(format!(
-            "packed buffer has {packed_len} bytes, a {} [{n}, {k}] weight needs {want}",
-            t.name()
-        )));
-    }
+    check_packed_len(t, n, k, packed_len)?;
     let (packed, out) = (nonnull(packed, "packed")?, nonnull(out, "out")?);
     let rows = nonnull(rows, "rows")?;
     run(py, move || unsafe {
@@ -201,18 +193,19 @@ fn cpu_gguf_matmul(
     if m == 0 {
         return Ok(());
     }
+    let ops = MatmulOperands::check(x, x_dtype, out, out_dtype, packed)?;
     let a = GgufMatmulArgs {
         ty: t,
         m,
         n,
         k,
-        x: nonnull(x, "x")?,
+        x: ops.x,
         x_stride,
-        x_dtype: dtype(x_dtype)?,
-        out: nonnull(out, "out")?,
+        x_dtype: ops.x_dtype,
+        out: ops.out,
         out_stride,
-        out_dtype: dtype(out_dtype)?,
-        packed: nonnull(packed, "packed")?,
+        out_dtype: ops.out_dtype,
+        packed: ops.packed,
         bias,
         threads,
     };

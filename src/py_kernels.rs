@@ -5,7 +5,6 @@
 //! contiguity before calling; the kernels check the indices they follow. Every call releases the
 //! GIL while it computes. A bad argument raises ValueError.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::cpu_kernels::activation::{gated_act_and_mul, GateAct, GatedActArgs};
@@ -16,23 +15,8 @@ use crate::cpu_kernels::quant_matmul::{
     packed_bytes, q4_pack, q8_pack, q_matmul, QFormat, QMatmulArgs,
 };
 use crate::cpu_kernels::rope::{cache_write, rotary_embedding, CacheArgs, RopeArgs};
-use crate::cpu_kernels::{simd, DType};
-
-fn dtype(code: u32) -> PyResult<DType> {
-    DType::from_code(code).map_err(PyValueError::new_err)
-}
-
-fn nonnull(addr: usize, what: &str) -> PyResult<usize> {
-    if addr == 0 {
-        return Err(PyValueError::new_err(format!("{what} is a null pointer")));
-    }
-    Ok(addr)
-}
-
-/// Run a kernel without the GIL; its error message becomes a ValueError.
-fn run<F: FnOnce() -> Result<(), String> + Send>(py: Python<'_>, f: F) -> PyResult<()> {
-    py.detach(f).map_err(PyValueError::new_err)
-}
+use crate::cpu_kernels::simd;
+use crate::py_args::{checked, dtype, nonnull, run, MatmulOperands};
 
 /// RMSNorm of `x` into `out`; with `residual` (float32, non-zero address) first residual += x in
 /// place and normalize the residual.
@@ -298,13 +282,13 @@ fn cpu_refine_top_logits(
 }
 
 fn qformat(bits: u32) -> PyResult<QFormat> {
-    QFormat::from_bits(bits).map_err(PyValueError::new_err)
+    checked(QFormat::from_bits(bits))
 }
 
 /// Bytes of a `bits`-bit packed [n, k] weight.
 #[pyfunction]
 fn cpu_quant_bytes(bits: u32, n: usize, k: usize) -> PyResult<usize> {
-    packed_bytes(qformat(bits)?, n, k).map_err(PyValueError::new_err)
+    checked(packed_bytes(qformat(bits)?, n, k))
 }
 
 /// Quantize a contiguous float32 [n, k] weight into `packed` (bytes, sized by
@@ -320,7 +304,7 @@ fn cpu_quant_pack(
     packed: usize,
 ) -> PyResult<f32> {
     let fmt = qformat(bits)?;
-    let nb = packed_bytes(fmt, n, k).map_err(PyValueError::new_err)?;
+    let nb = checked(packed_bytes(fmt, n, k))?;
     let (w, packed) = (nonnull(w, "w")?, nonnull(packed, "packed")?);
     Ok(py.detach(move || unsafe {
         let w = std::slice::from_raw_parts(w as *const f32, n * k);
@@ -355,18 +339,19 @@ fn cpu_quant_matmul(
     if m == 0 {
         return Ok(());
     }
+    let ops = MatmulOperands::check(x, x_dtype, out, out_dtype, packed)?;
     let a = QMatmulArgs {
         fmt,
         m,
         n,
         k,
-        x: nonnull(x, "x")?,
+        x: ops.x,
         x_stride,
-        x_dtype: dtype(x_dtype)?,
-        out: nonnull(out, "out")?,
+        x_dtype: ops.x_dtype,
+        out: ops.out,
         out_stride,
-        out_dtype: dtype(out_dtype)?,
-        packed: nonnull(packed, "packed")?,
+        out_dtype: ops.out_dtype,
+        packed: ops.packed,
         bias,
         threads,
     };
@@ -446,7 +431,7 @@ fn cpu_gated_act_and_mul(
     dtype_code: u32,
     threads: usize,
 ) -> PyResult<()> {
-    let act = GateAct::from_code(act).map_err(PyValueError::new_err)?;
+    let act = checked(GateAct::from_code(act))?;
     if rows == 0 || inter == 0 {
         return Ok(());
     }

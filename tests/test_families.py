@@ -20,11 +20,10 @@ import pytest
 import torch
 
 from lmrs import Engine, SamplingParams
-from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.models.loader import load_model_files
 from lmrs.models.registry import build_model
 from lmrs.models.testing_hf import SPECS, VOCAB_SIZE, make_tiny_family_model
-from lmrs.runner.kv_cache import KVCache
+from lmrs.models.testing_prefill import prefill_logits
 
 N_NEW = 64
 PROMPT_LENS = (17, 23, 37, 53)  # longer than the tiny Phi's original context (16): transformers' long factors
@@ -112,20 +111,7 @@ def test_float32_batch_of_8_with_chunked_prefill(fam):
 
 def lmrs_logits(loaded, ids: list[int]) -> torch.Tensor:
     """float32 logits at every position of `ids`, prefilled at once through the paged cache."""
-    cfg = loaded.config
-    model = build_model(cfg, loaded.weights, dtype=torch.float32)
-    n, bs = len(ids), 16
-    nb = -(-n // bs)
-    kv = KVCache(cfg.num_hidden_layers, nb + 1, bs, model.num_kv_heads, cfg.head_dim, torch.float32)
-    attn = AttentionMetadata(slot_mapping=torch.arange(bs, bs + n, dtype=torch.int32),
-                             block_table=torch.arange(1, nb + 1, dtype=torch.int32).unsqueeze(0),
-                             seq_lens=torch.tensor([n], dtype=torch.int32),
-                             query_start_loc=torch.tensor([0, n], dtype=torch.int32), num_decode_rows=0,
-                             max_query_len=n, max_seq_len=n)
-    with torch.inference_mode():
-        hidden = model.forward(torch.tensor(ids, dtype=torch.int32), torch.arange(n, dtype=torch.int32), attn,
-                               kv.layers)
-        return model.compute_logits(hidden)
+    return prefill_logits(build_model(loaded.config, loaded.weights, dtype=torch.float32), ids)
 
 
 def test_float32_logits_within_1e4(fam):

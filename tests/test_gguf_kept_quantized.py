@@ -25,7 +25,6 @@ import torch
 
 from lmrs import Engine, SamplingParams
 from lmrs.kernels import cpu as cpu_kernels
-from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.models.linear import Linear
 from lmrs.models import quantized
 from lmrs.models.loader import load_model_files
@@ -33,8 +32,8 @@ from lmrs.models.quantized import QuantizedEmbedding, QuantizedLinear
 from lmrs.models.registry import build_model
 from lmrs.models.testing_gguf import write_gguf
 from lmrs.models.testing_hf import SPECS, make_tiny_family_model
+from lmrs.models.testing_prefill import prefill_logits
 from lmrs.models.weight_bytes import model_weight_bytes
-from lmrs.runner.kv_cache import KVCache
 
 from test_families import random_prompt
 
@@ -122,23 +121,6 @@ class Pair:
 @pytest.fixture(scope="module", params=GGUF_FAMILIES)
 def pair(request, tmp_path_factory):
     return Pair(request.param, tmp_path_factory.mktemp(request.param))
-
-
-def prefill_logits(model, ids: list[int]) -> torch.Tensor:
-    """float32 logits at every position of `ids`, prefilled in one chunk through the paged cache."""
-    cfg = model.config
-    n, bs = len(ids), 16
-    nb = -(-n // bs)
-    kv = KVCache(cfg.num_hidden_layers, nb + 1, bs, model.num_kv_heads, cfg.head_dim, model.dtype)
-    attn = AttentionMetadata(slot_mapping=torch.arange(bs, bs + n, dtype=torch.int32),
-                             block_table=torch.arange(1, nb + 1, dtype=torch.int32).unsqueeze(0),
-                             seq_lens=torch.tensor([n], dtype=torch.int32),
-                             query_start_loc=torch.tensor([0, n], dtype=torch.int32), num_decode_rows=0,
-                             max_query_len=n, max_seq_len=n)
-    with torch.inference_mode():
-        hidden = model.forward(torch.tensor(ids, dtype=torch.int32), torch.arange(n, dtype=torch.int32), attn,
-                               kv.layers)
-        return model.compute_logits(hidden)
 
 
 def test_every_projection_is_kept_quantized_and_exact(pair):

@@ -269,7 +269,7 @@ def test_text_format_json_schema_constrains_the_reply(server, client):
      "input.0.content.0.type"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nonsense"}}}}, 400,
      "text.format"),
-    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "tools"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "tools"),  # no parser
     ({"input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"input": []}, 400, "input"),
     ({"input": "hi", "previous_response_id": "resp_unknown"}, 404, "previous_response_id"),

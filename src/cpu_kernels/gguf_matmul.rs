@@ -20,7 +20,7 @@ use std::cell::RefCell;
 
 use super::gguf_decode::{decode_group, nibble_table, scale_offset, ty, QuantIsa};
 use super::gguf_layout::{check_shape, GgufType, TILE};
-use super::parallel::{parallel_for, threads_for};
+use super::parallel::{parallel_for, row_blocks, threads_for};
 use super::simd::{prefetch, Elem, Isa};
 use super::{gguf_gemm, gguf_gemm_bf16, DType};
 use crate::{dispatch, with_elem, with_gguf_type};
@@ -154,9 +154,7 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
         return gguf_gemm_bf16::run(a);
     }
     let panels = a.n.div_ceil(TILE * gguf_gemm::NB);
-    let mut r0 = 0;
-    while r0 < a.m {
-        let rows = (a.m - r0).min(ROW_BLOCK);
+    for (r0, rows) in row_blocks(a.m, ROW_BLOCK) {
         let threads = threads_for(rows * a.n * a.k / 4, panels, a.threads);
         PREPARED.with(|p| {
             let mut p = p.borrow_mut();
@@ -169,7 +167,6 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
                 |r| gguf_gemm::run(a, x, r0, rows, r.start, r.end),
             );
         });
-        r0 += rows;
     }
     Ok(())
 }

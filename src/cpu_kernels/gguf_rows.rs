@@ -17,7 +17,7 @@ use super::gguf_layout::{
     check_shape, gguf_decode, gguf_encode, gguf_row_bytes, packed_bytes, tile_dequantize,
     tile_load, tile_store, BlockVals, GgufType, TILE,
 };
-use super::logits::{dot_f32, top_k, TopK};
+use super::logits::{refine_rows_with, RefinedRows};
 use super::parallel::{parallel_for, threads_for};
 use super::simd::Isa;
 use super::SendPtr;
@@ -265,18 +265,18 @@ pub unsafe fn refine_top_logits_quant(a: &QuantRefineArgs) -> Result<(), String>
 #[inline(always)]
 unsafe fn refine_rows<S: Isa>(a: &QuantRefineArgs, start: usize, end: usize) {
     let h = a.hidden_size;
-    let mut top = TopK::new(a.k);
+    let rows = RefinedRows {
+        vocab: a.vocab,
+        hidden_size: h,
+        logits: a.logits,
+        logits_stride: a.logits_stride,
+        hidden: a.hidden,
+        hidden_stride: a.hidden_stride,
+        k: a.k,
+    };
     let mut w = vec![0f32; h];
-    for r in start..end {
-        let logits = std::slice::from_raw_parts_mut(
-            (a.logits as *mut f32).add(r * a.logits_stride),
-            a.vocab,
-        );
-        top_k::<S>(logits, a.k, &mut top);
-        let x = (a.hidden as *const f32).add(r * a.hidden_stride);
-        for &id in top.ids.iter() {
-            dequantize_row(a.ty, a.packed, h, id as usize, &mut w);
-            logits[id as usize] = dot_f32::<S>(x, w.as_ptr(), h);
-        }
-    }
+    refine_rows_with::<S>(&rows, start, end, |id| {
+        dequantize_row(a.ty, a.packed, h, id, &mut w);
+        w.as_ptr()
+    });
 }

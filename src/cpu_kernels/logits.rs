@@ -146,6 +146,43 @@ pub(crate) unsafe fn dot_f32<S: Isa>(x: *const f32, w: *const f32, h: usize) -> 
 
 #[inline(always)]
 unsafe fn refine_rows<S: Isa>(a: &RefineArgs, start: usize, end: usize) {
+    let (head, h) = (a.head as *const f32, a.hidden_size);
+    let rows = RefinedRows {
+        vocab: a.vocab,
+        hidden_size: h,
+        logits: a.logits,
+        logits_stride: a.logits_stride,
+        hidden: a.hidden,
+        hidden_stride: a.hidden_stride,
+        k: a.k,
+    };
+    refine_rows_with::<S>(&rows, start, end, |id| head.add(id * h));
+}
+
+/// The logits and hidden states of a refinement, whichever form holds the head's rows.
+pub(crate) struct RefinedRows {
+    pub(crate) vocab: usize,
+    pub(crate) hidden_size: usize,
+    /// float32 [rows, vocab] (row stride `logits_stride`), updated in place
+    pub(crate) logits: usize,
+    pub(crate) logits_stride: usize,
+    /// float32 [rows, hidden_size] (row stride `hidden_stride`)
+    pub(crate) hidden: usize,
+    pub(crate) hidden_stride: usize,
+    /// logits recomputed per row (at most vocab)
+    pub(crate) k: usize,
+}
+
+/// Rows start..end: the `k` largest logits of each recomputed as x . head_row(id), where
+/// `head_row` gives head row `id` as `hidden_size` float32 values (read from the float32 head, or
+/// dequantized into the caller's buffer). Shared by this refinement and `gguf_rows`'.
+#[inline(always)]
+pub(crate) unsafe fn refine_rows_with<S: Isa>(
+    a: &RefinedRows,
+    start: usize,
+    end: usize,
+    mut head_row: impl FnMut(usize) -> *const f32,
+) {
     let h = a.hidden_size;
     let mut top = TopK::new(a.k);
     for r in start..end {
@@ -156,8 +193,7 @@ unsafe fn refine_rows<S: Isa>(a: &RefineArgs, start: usize, end: usize) {
         top_k::<S>(logits, a.k, &mut top);
         let x = (a.hidden as *const f32).add(r * a.hidden_stride);
         for &id in top.ids.iter() {
-            let w = (a.head as *const f32).add(id as usize * h);
-            logits[id as usize] = dot_f32::<S>(x, w, h);
+            logits[id as usize] = dot_f32::<S>(x, head_row(id as usize), h);
         }
     }
 }

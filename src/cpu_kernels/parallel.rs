@@ -67,6 +67,12 @@ pub fn threads_for(work: usize, items: usize, requested: usize) -> usize {
     cap.min(items).max(1)
 }
 
+/// `m` rows in consecutive blocks of at most `block`: (first row, rows) of each (the passes of a
+/// matrix product whose per-pass buffers are sized for `block` rows).
+pub fn row_blocks(m: usize, block: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..m).step_by(block.max(1)).map(move |r0| (r0, (m - r0).min(block.max(1))))
+}
+
 /// Ranges of `0..n` for `parts` threads with about equal total `cost` each (cost >= 0 per item).
 pub fn split_by_cost(n: usize, parts: usize, cost: impl Fn(usize) -> usize) -> Vec<Range<usize>> {
     if parts <= 1 || n <= 1 {

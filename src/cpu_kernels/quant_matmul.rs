@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 
-use super::parallel::{parallel_for, threads_for};
+use super::parallel::{parallel_for, row_blocks, threads_for};
 use super::simd::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, prefetch, Elem, Isa, F16};
 use super::DType;
 use crate::{dispatch, with_elem};
@@ -202,9 +202,7 @@ pub unsafe fn q_matmul(a: &QMatmulArgs) -> Result<(), String> {
     let tiles = a.n.div_ceil(TILE);
     let work = a.n * a.k * a.m.div_ceil(4);
     let threads = threads_for(work / 8, tiles, a.threads);
-    let mut r0 = 0;
-    while r0 < a.m {
-        let rows = (a.m - r0).min(MAX_ROWS);
+    for (r0, rows) in row_blocks(a.m, MAX_ROWS) {
         let pass = QMatmulArgs {
             m: rows,
             x: a.x + r0 * a.x_stride * a.x_dtype.size(),
@@ -222,7 +220,6 @@ pub unsafe fn q_matmul(a: &QMatmulArgs) -> Result<(), String> {
                 |r| run_tiles(&pass, p, r.start, r.end),
             );
         });
-        r0 += rows;
     }
     Ok(())
 }

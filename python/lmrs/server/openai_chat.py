@@ -13,7 +13,7 @@ from aiohttp import web
 from lmrs.server.chat_request import CHAT_OUTPUT_FIELDS, prepare_chat
 from lmrs.server.errors import APIError, parse_request
 from lmrs.server.openai_common import (DEFAULT_CHAT_MAX_TOKENS, chat_logprobs, error_event, new_id, now,
-                                       openai_finish, raise_for_error, sampling_params)
+                                       openai_finish, sampling_params, collect_choices)
 from lmrs.server.protocol import ChatCompletionRequest
 from lmrs.server.requests import RequestTimeout
 from lmrs.server.state import api_key_of, get_state
@@ -78,22 +78,10 @@ def _finish(reason, calls: bool) -> str | None:
 
 async def _complete(state, req, chat, group, want_lp, cid, created, model) -> web.Response:
     tok = state.tokenizer
-    texts = [[] for _ in range(req.n)]
-    lps = [[] for _ in range(req.n)]
-    finish = [None] * req.n
-    try:
-        async for i, d in group.deltas():
-            raise_for_error(d)
-            texts[i].append(d.text)
-            if d.logprobs:
-                lps[i].extend(d.logprobs)
-            if d.finished:
-                finish[i] = d.finish_reason
-    except RequestTimeout:
-        raise group.timeout_error() from None
+    got = await collect_choices(group, req.n)
     out = []
     for i in range(req.n):
-        text = "".join(texts[i])
+        text = got.texts[i]
         message = {"role": "assistant", "content": text}
         calls = False
         if chat.parser is not None:
@@ -102,8 +90,8 @@ async def _complete(state, req, chat, group, want_lp, cid, created, model) -> we
                 calls = True
                 message = {"role": "assistant", "content": parsed.content or None,
                            "tool_calls": [c.to_openai() for c in parsed.tool_calls]}
-        out.append({"index": i, "message": message, "finish_reason": _finish(finish[i], calls),
-                    "logprobs": chat_logprobs(tok, lps[i]) if want_lp is not None else None})
+        out.append({"index": i, "message": message, "finish_reason": _finish(got.finish[i], calls),
+                    "logprobs": chat_logprobs(tok, got.logprobs[i]) if want_lp is not None else None})
     return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
                               "choices": out, "usage": group.usage()})
 

@@ -1,15 +1,22 @@
 """What the OpenAI chat and completions routes share: sampling parameters from a request, the
-finish-reason mapping, error chunks, and logprob formatting. Running the n choices of a call
+finish-reason mapping, running a call's choices to their end (`collect_choices`), error chunks, and
+logprob formatting. Running the n choices of a call
 (each its own request in the continuous batch) is `RequestGroup`'s job (server/requests.py)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lmrs.engine.outputs import FinishReason, RequestDelta
 from lmrs.engine.params import InvalidParameter, SamplingParams
 from lmrs.server.errors import APIError, error_body
+from lmrs.server.requests import RequestTimeout
+
+if TYPE_CHECKING:
+    from lmrs.server.requests import RequestGroup
 
 DEFAULT_CHAT_MAX_TOKENS = 512
 
@@ -77,6 +84,34 @@ def raise_for_error(d: RequestDelta) -> None:
         raise APIError(d.error_status or 503, d.error or "generation failed")
 
 
+@dataclass
+class Choices:
+    """The choices of a call run to its end (not streamed), by choice index."""
+
+    texts: list[str]  # each choice's whole text
+    logprobs: list[list[dict]]  # each choice's logprob entries (empty without logprobs)
+    finish: list[FinishReason | None]  # each choice's finish reason
+
+
+async def collect_choices(group: "RequestGroup", count: int) -> Choices:
+    """Run a call's `count` choices to their end; an engine error is raised as its APIError, the
+    request timeout as the group's timeout error."""
+    texts: list[list[str]] = [[] for _ in range(count)]
+    lps: list[list[dict]] = [[] for _ in range(count)]
+    finish: list[FinishReason | None] = [None] * count
+    try:
+        async for i, d in group.deltas():
+            raise_for_error(d)
+            texts[i].append(d.text)
+            if d.logprobs:
+                lps[i].extend(d.logprobs)
+            if d.finished:
+                finish[i] = d.finish_reason
+    except RequestTimeout:
+        raise group.timeout_error() from None
+    return Choices(["".join(t) for t in texts], lps, finish)
+
+
 def error_event(message: str, status: int = 503) -> dict:
     """The SSE event that reports a stream's failure (before `data: [DONE]`)."""
     return error_body(status, message)
@@ -112,5 +147,5 @@ def completion_logprobs(tok, entries: list[dict] | None, offset: int) -> dict | 
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-__all__ = ["sampling_params", "new_id", "now", "openai_finish", "raise_for_error", "error_event", "chat_logprobs",
-           "completion_logprobs", "DEFAULT_CHAT_MAX_TOKENS", "OPENAI_FINISH"]
+__all__ = ["collect_choices", "Choices", "sampling_params", "new_id", "now", "openai_finish", "raise_for_error",
+           "error_event", "chat_logprobs", "completion_logprobs", "DEFAULT_CHAT_MAX_TOKENS", "OPENAI_FINISH"]

@@ -12,7 +12,7 @@ from lmrs.server.chat_request import CHAT_OUTPUT_FIELDS
 from lmrs.server.grammars import compile_constraint, spec_of
 
 from lmrs.server.errors import APIError, parse_request
-from lmrs.server.openai_common import (completion_logprobs, error_event, new_id, now, openai_finish, raise_for_error,
+from lmrs.server.openai_common import (collect_choices, completion_logprobs, error_event, new_id, now, openai_finish,
                                        sampling_params)
 from lmrs.server.protocol import MAX_N, CompletionRequest
 from lmrs.server.requests import RequestTimeout
@@ -66,21 +66,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     async with state.track("/v1/completions", requests) as group:
         if not req.stream:
-            texts = [[prefix(i)] for i in range(total)]
-            lps = [[] for _ in range(total)]
-            finish = [None] * total
-            try:
-                async for i, d in group.deltas():
-                    raise_for_error(d)
-                    texts[i].append(d.text)
-                    if d.logprobs:
-                        lps[i].extend(d.logprobs)
-                    if d.finished:
-                        finish[i] = d.finish_reason
-            except RequestTimeout:
-                raise group.timeout_error() from None
-            out = [{"index": i, "text": "".join(texts[i]), "finish_reason": openai_finish(finish[i]),
-                    "logprobs": completion_logprobs(tok, lps[i], len(prefix(i))) if req.logprobs is not None
+            got = await collect_choices(group, total)
+            out = [{"index": i, "text": prefix(i) + got.texts[i], "finish_reason": openai_finish(got.finish[i]),
+                    "logprobs": completion_logprobs(tok, got.logprobs[i], len(prefix(i))) if req.logprobs is not None
                     else None}
                    for i in range(total)]
             return web.json_response({"id": cid, "object": "text_completion", "created": created, "model": model,

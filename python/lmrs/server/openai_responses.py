@@ -5,9 +5,12 @@ follow-up (`previous_response_id`) to the response its session ends with is a se
 carrying only the new input as its continuation, so it prefills only that input (the whole
 conversation rebuilt from the stored items goes along as the turn's other form, used when the core
 dropped the session meanwhile). A follow-up to any other response (a branch, an older response)
-starts a new session from the whole rebuilt conversation. `store: false` runs statelessly and
-keeps nothing. The request is translated into the chat path's request by one function
-(`chat_request_of`); the streamed events are written by server/responses_stream.py.
+starts a new session from the whole rebuilt conversation, as does a follow-up with other
+instructions or tools than the session was rendered with. `store: false` runs statelessly and
+keeps nothing. The output fields (`tools`, `tool_choice`, `parallel_tool_calls`, `text.format`) go
+through the chat path's translation (`chat_request.prepare_chat`: the template's tools, the tool-call
+parser, the grammar forcing calls); items <-> chat messages is server/responses_items.py, and the
+response objects and streamed events are server/responses_stream.py.
 """
 
 from __future__ import annotations
@@ -15,20 +18,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
-from pydantic import ValidationError
-
 from lmrs.engine.outputs import FinishReason
 from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
-from lmrs.server.grammars import compile_constraint, spec_of
-from lmrs.server.errors import APIError, describe_validation_error, parse_request
-from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, now, sampling_params
+from lmrs.server.chat_request import ChatTranslation, prepare_chat
+from lmrs.server.errors import APIError, parse_request
+from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, collect_choices, now, sampling_params
 from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
-from lmrs.server.requests import RequestTimeout
 from lmrs.server.response_store import ResponseStore, StoredResponse
+from lmrs.server.responses_items import assistant_message, check_call_outputs, input_messages
 from lmrs.server.responses_stream import ResponseEvents
 from lmrs.server.state import ServerState, api_key_of, get_state
 
@@ -52,42 +53,20 @@ def store_of(request: web.Request) -> ResponseStore:
 
 
 # ---- request translation ---------------------------------------------------------------------
-def input_messages(req: ResponsesRequest) -> list[dict]:
-    """The request's input as chat messages ({"role", "content": str}); developer -> system."""
-    if isinstance(req.input, str):
-        return [{"role": "user", "content": req.input}]
-    out = []
-    for item in req.input:
-        content = item.content if isinstance(item.content, str) else "\n".join(p.text for p in item.content)
-        out.append({"role": "system" if item.role == "developer" else item.role, "content": content})
-    return out
+def output_fields(req: ResponsesRequest) -> dict:
+    """The request's output fields in the body shape `chat_request.translate_chat` reads (it takes the
+    Responses API's flattened tools and `text.format` as they are)."""
+    body: dict = {"tools": req.tools, "tool_choice": req.tool_choice, "parallel_tool_calls": req.parallel_tool_calls}
+    if req.text is not None and req.text.format is not None and req.text.format.type != "text":
+        body["text"] = {"format": req.text.format.model_dump(by_alias=True, exclude_none=True)}
+    return body
 
 
-def chat_request_of(req: ResponsesRequest, messages: list[dict]) -> ChatCompletionRequest:
-    """The one translation of a Responses request into the chat path's request: messages,
-    sampling, and `text.format` / `tools` as `response_format` / `tools`."""
-    body: dict = {"messages": messages, "temperature": req.temperature, "top_p": req.top_p,
-                  "max_tokens": req.max_output_tokens or DEFAULT_CHAT_MAX_TOKENS}
-    fmt = req.text.format if req.text is not None else None
-    if fmt is not None and fmt.type == "json_object":
-        body["response_format"] = {"type": "json_object"}
-    elif fmt is not None and fmt.type == "json_schema":
-        schema = {"name": fmt.name or "response", "schema": fmt.json_schema or {}}
-        if fmt.strict is not None:
-            schema["strict"] = fmt.strict
-        body["response_format"] = {"type": "json_schema", "json_schema": schema}
-    if req.tools:
-        body["tools"] = req.tools
-        if req.tool_choice is not None:
-            body["tool_choice"] = req.tool_choice
-    # `text.format` is compiled into the turn's grammar (`output_grammar`); tool calls would need
-    # function_call output items, which this server does not build yet: refuse rather than ignore.
-    if "tools" in body:
-        raise APIError(400, "tools: tool calls are not supported by this server's Responses API yet")
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as e:
-        raise APIError(400, describe_validation_error(e)) from None
+def sampling_of(req: ResponsesRequest, *, skip_special_tokens: bool) -> SamplingParams:
+    """The Responses request's sampling, through the chat path's reader."""
+    chat = ChatCompletionRequest.model_validate({"messages": [], "temperature": req.temperature, "top_p": req.top_p,
+                                                 "max_tokens": req.max_output_tokens or DEFAULT_CHAT_MAX_TOKENS})
+    return sampling_params(chat, chat.max_tokens, None, 0, skip_special_tokens=skip_special_tokens)
 
 
 # ---- planning a turn ---------------------------------------------------------------------------
@@ -99,31 +78,25 @@ class TurnPlan:
     session_id: int | None
     continues: StoredResponse | None  # the response whose session this turn continues
     history: list[dict]  # the conversation before the new input (stored items of the chain)
-
-
-async def output_grammar(state: ServerState, req: ResponsesRequest):
-    """The compiled constraint of `text.format` (json_object / json_schema), or None for text:
-    the chat path's spec reader and compiler (cached, off the event loop, 400 naming the field)."""
-    if req.text is None or req.text.format is None or req.text.format.type == "text":
-        return None
-    fmt = req.text.format.model_dump(by_alias=True, exclude_none=True)
-    return await compile_constraint(state, spec_of({"text": {"format": fmt}}))
+    new: list[dict]  # the new input as chat messages
+    tools: list[dict] | None  # the tools the template was given (a follow-up with others starts a new session)
 
 
 def plan_turn(state: ServerState, store: ResponseStore, req: ResponsesRequest, owner: str | None,
-              prev: StoredResponse | None, new: list[dict], chat: ChatCompletionRequest, grammar=None) -> TurnPlan:
+              prev: StoredResponse | None, history: list[dict], new: list[dict], chat: ChatTranslation,
+              whole: list[int], grammar=None) -> TurnPlan:
     """Pick stateless, continue, or new session, and claim the session (no await in here, so
-    two follow-ups to the same response cannot both continue its session)."""
-    history = list(prev.items) if prev is not None else []
-    system = [{"role": "system", "content": req.instructions}] if req.instructions is not None else []
-    whole = state.prompts.conversation(system + history + new)
-    params: SamplingParams = sampling_params(chat, chat.max_tokens, None, 0)
+    two follow-ups to the same response cannot both continue its session). A session is continued
+    only when the instructions and tools are those its history was rendered with."""
+    # a tool-call parser must see the format's markers, even where they are special tokens
+    params = sampling_of(req, skip_special_tokens=chat.parser is None)
     if not req.store:
         return TurnPlan(state.validated(lambda p: p.generate(whole, params, field="input", grammar=grammar)), None, None,
-                        history)
-    if prev is not None and store.is_head(prev) and prev.instructions == req.instructions:
+                        history, new, chat.tools)
+    if (prev is not None and store.is_head(prev) and prev.instructions == req.instructions
+            and prev.tools == chat.tools):
         sid = prev.session_id
-        cont, eos_prefix = state.prompts.continuation(new)
+        cont, eos_prefix = state.prompts.continuation(chat.messages[len(chat.messages) - len(new):], chat.tools)
         turn = SessionTurn(sid, False, False, tuple(cont), eos_prefix, owner)
         continues = prev
     else:
@@ -132,7 +105,7 @@ def plan_turn(state: ServerState, store: ResponseStore, req: ResponsesRequest, o
         continues = None
     request = state.validated(lambda p: p.generate(whole, params, session=turn, field="input", grammar=grammar))
     store.begin_turn(sid)
-    return TurnPlan(request, sid, continues, history)
+    return TurnPlan(request, sid, continues, history, new, chat.tools)
 
 
 # ---- routes ------------------------------------------------------------------------------------
@@ -143,35 +116,29 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     state.require_ready()
     state.check_model(req.model)
     owner = api_key_of(request)
-    new = input_messages(req)
-    chat = chat_request_of(req, new)
     prev = None
     if req.previous_response_id is not None:
         prev = store.get(req.previous_response_id, owner)
         if prev is None:
             raise APIError(404, f"previous_response_id: no stored response {req.previous_response_id!r} (unknown, "
                                 f"deleted, expired, stored with store: false, or made with another API key)")
-    grammar = await output_grammar(state, req)
-    plan = plan_turn(state, store, req, owner, prev, new, chat, grammar)
+    history = list(prev.items) if prev is not None else []
+    new = input_messages(req)
+    check_call_outputs(history, new)
+    system = [{"role": "system", "content": req.instructions}] if req.instructions is not None else []
+    chat, whole, grammar = await prepare_chat(state, system + history + new, output_fields(req),
+                                              lambda c: state.prompts.conversation(c.messages, c.tools))
+    plan = plan_turn(state, store, req, owner, prev, history, new, chat, whole, grammar)
     tag = state.settings.response_id_tag
     rid, created = f"resp_{tag + '_' if tag else ''}{uuid.uuid4().hex[:24]}", now()
-    events = ResponseEvents(rid, created, state.settings.model_name, req)
+    events = ResponseEvents(rid, created, state.settings.model_name, req, chat.parser, chat.tool_names)
     outcome = _Outcome()
     try:
         async with state.track(ROUTE, [plan.request], plan.session_id) as group:
             if req.stream:
                 return await events.stream(request, group, outcome)
-            text, finish, error = [], None, None
-            try:
-                async for _, d in group.deltas():
-                    text.append(d.text)
-                    if d.finished:
-                        finish, error = d.finish_reason, d.error
-            except RequestTimeout:
-                raise group.timeout_error() from None
-            if finish == FinishReason.ERROR:
-                raise APIError(503, error or "generation failed")
-            outcome.set("".join(text), finish, group.usage())
+            got = await collect_choices(group, 1)
+            outcome.set(got.texts[0], got.finish[0], group.usage(), events.output_items(got.texts[0], got.finish[0]))
             body = events.final_body(outcome)
             return web.json_response(body)
     finally:
@@ -185,10 +152,11 @@ class _Outcome:
     text: str = ""
     finish: FinishReason | None = None
     usage: dict | None = None
+    items: list[dict] = field(default_factory=list)  # the output items (message, function_call)
     done: bool = False
 
-    def set(self, text: str, finish: FinishReason | None, usage: dict) -> None:
-        self.text, self.finish, self.usage, self.done = text, finish, usage, True
+    def set(self, text: str, finish: FinishReason | None, usage: dict, items: list[dict]) -> None:
+        self.text, self.finish, self.usage, self.items, self.done = text, finish, usage, items, True
 
 
 def _finish_turn(state: ServerState, store: ResponseStore, plan: TurnPlan, req: ResponsesRequest, rid: str,
@@ -210,8 +178,9 @@ def _finish_turn(state: ServerState, store: ResponseStore, plan: TurnPlan, req: 
         store.end_turn(sid, None)
         session_of_record = None
     if outcome.done:
-        items = plan.history + input_messages(req) + [{"role": "assistant", "content": outcome.text}]
-        rec = StoredResponse(rid, owner, req.instructions, items, session_of_record, events.final_body(outcome))
+        items = plan.history + plan.new + [assistant_message(outcome.items)]
+        rec = StoredResponse(rid, owner, req.instructions, items, session_of_record, events.final_body(outcome),
+                             tools=plan.tools)
         for ended in store.put(rec):
             _end_session_soon(state, store, ended, owner)
     if store.orphaned(sid):
@@ -271,5 +240,4 @@ async def delete_response(request: web.Request) -> web.Response:
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
-__all__ = ["create_response", "get_response", "delete_response", "make_store", "RESPONSES_KEY", "chat_request_of",
-           "input_messages"]
+__all__ = ["create_response", "get_response", "delete_response", "make_store", "RESPONSES_KEY", "output_fields"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from lmrs.engine.params import MAX_LOGPROBS
 
@@ -382,7 +382,7 @@ class DetokenizeResponse(_Response):
 
 # ---- OpenAI: responses (/v1/responses) ------------------------------------------------------
 #: Input item types of the Responses API this server takes; others get 400 naming the item.
-RESPONSE_ITEM_TYPES = ("message",)
+RESPONSE_ITEM_TYPES = ("message", "function_call", "function_call_output")
 
 
 class ResponseInputText(_Request):
@@ -403,8 +403,42 @@ class ResponseInputMessage(_Request):
     def _supported_item(cls, data):
         if isinstance(data, dict) and data.get("type", "message") not in RESPONSE_ITEM_TYPES:
             raise ValueError(f"type: item type {data.get('type')!r} is not supported by this server "
-                             f"(supported: message items with text content)")
+                             f"(supported: {', '.join(RESPONSE_ITEM_TYPES)})")
         return data
+
+
+class ResponseFunctionCallItem(_Request):
+    """A tool call the model made (an earlier response's `function_call` output item, sent back)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, description="The call's id; its function_call_output answers it")
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="The arguments, JSON text")
+    id: Optional[str] = Field(None, description="The output item's id (fc_...), ignored")
+    status: Optional[str] = None
+
+
+class ResponseFunctionCallOutputItem(_Request):
+    """The result of a tool call, rendered as the chat template's tool message."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, description="The function_call this answers")
+    output: Union[str, list[ResponseInputText]] = Field(description="The tool's result (text)")
+    id: Optional[str] = None
+    status: Optional[str] = None
+
+
+def _item_tag(item) -> str:
+    """Which item model validates an input item (the tags start upper-case, so error locations
+    leave them out: `input.0.call_id`, not `input.0.FunctionCall.call_id`)."""
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
+    return {"function_call": "FunctionCall", "function_call_output": "FunctionCallOutput"}.get(kind, "Message")
+
+
+ResponseInputItem = Annotated[Union[Annotated[ResponseInputMessage, Tag("Message")],
+                                    Annotated[ResponseFunctionCallItem, Tag("FunctionCall")],
+                                    Annotated[ResponseFunctionCallOutputItem, Tag("FunctionCallOutput")]],
+                              Discriminator(_item_tag)]
 
 
 class ResponseTextFormat(_Request):
@@ -424,8 +458,9 @@ class ResponsesRequest(_Request):
     that response's KV cache, so a follow-up prefills only its new input."""
 
     model: Optional[str] = Field(None, description="The served model's name (see /v1/models)")
-    input: Union[str, Annotated[list[ResponseInputMessage], Field(min_length=1)]] = Field(
-        description="A user message, or a list of message items")
+    input: Union[str, Annotated[list[ResponseInputItem], Field(min_length=1)]] = Field(
+        description="A user message, or a list of items: messages, function_call (a call made earlier) and "
+                    "function_call_output (its result)")
     instructions: Optional[str] = Field(None, description="A system message for this response (not carried over "
                                                           "to follow-ups, as in OpenAI's API)")
     previous_response_id: Optional[str] = Field(None, description="Continue the conversation of this stored response")
@@ -435,9 +470,15 @@ class ResponsesRequest(_Request):
     stream: bool = False
     store: bool = Field(True, description="Keep the response (and its session) for GET and previous_response_id; "
                                           "false: nothing is kept after the call")
-    text: Optional[ResponseTextConfig] = Field(None, description="format: text (json_schema not supported yet: 400)")
-    tools: Optional[list[dict[str, Any]]] = Field(None, description="Not supported yet (400 when non-empty)")
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    text: Optional[ResponseTextConfig] = Field(None, description="format: text, json_object or json_schema (the "
+                                                                 "reply is generated under the schema)")
+    tools: Optional[list[dict[str, Any]]] = Field(
+        None, description='Function tools: [{"type": "function", "name", "description", "parameters", "strict"}] '
+                          '(built-in server-side tools such as web_search: 400)')
+    tool_choice: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description='"none", "auto", "required" or {"type": "function", "name": ...}; required and a named '
+                          'function generate the arguments under the function\'s schema')
+    parallel_tool_calls: Optional[bool] = Field(None, description="false: at most one call per response")
     metadata: Optional[dict[str, str]] = None
     user: Optional[str] = None
 
@@ -454,6 +495,15 @@ class ResponseOutputMessage(_Response):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[ResponseOutputText]
+
+
+class ResponseFunctionCall(_Response):
+    id: str = Field(description="fc_...")
+    type: Literal["function_call"] = "function_call"
+    call_id: str = Field(description="call_...: send the result back as a function_call_output with this id")
+    name: str
+    arguments: str = Field(description="JSON text")
+    status: Literal["in_progress", "completed", "incomplete"]
 
 
 class ResponseInputTokensDetails(_Response):
@@ -478,7 +528,7 @@ class ResponseObject(_Response):
     created_at: int
     status: Literal["in_progress", "completed", "incomplete", "failed"]
     model: str
-    output: list[ResponseOutputMessage]
+    output: list[Union[ResponseOutputMessage, ResponseFunctionCall]]
     instructions: Optional[str] = None
     previous_response_id: Optional[str] = None
     max_output_tokens: Optional[int] = None
@@ -493,8 +543,9 @@ class ResponseObject(_Response):
 class ResponseStreamEvent(_Response):
     """One Server-Sent Event (`event: <type>`): response.created, response.in_progress,
     response.output_item.added, response.content_part.added, response.output_text.delta,
-    response.output_text.done, response.content_part.done, response.output_item.done,
-    response.completed (or response.incomplete, response.failed, error)."""
+    response.output_text.done, response.content_part.done, response.output_item.done (for a
+    function_call item: response.output_item.added, response.function_call_arguments.delta and .done,
+    response.output_item.done), response.completed (or response.incomplete, response.failed, error)."""
 
     type: str
     sequence_number: int

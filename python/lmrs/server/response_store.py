@@ -31,9 +31,11 @@ class StoredResponse:
     response_id: str
     owner: str | None  # the API key that made it (None without --api-keys)
     instructions: str | None  # this response's system text (not carried over to follow-ups)
-    items: list[dict]  # the conversation up to and including this reply: {"role", "content"} dicts
+    items: list[dict]  # the conversation up to and including this reply: chat messages ({"role", "content"},
+    # assistant "tool_calls" with JSON-text arguments, "tool" messages with "tool_call_id")
     session_id: int | None  # the core session that held this response's KV right after it
     body: dict  # the response object, as GET returns it
+    tools: list[dict] | None = None  # the tools the chat template was given for this response
     last_used: float = field(default_factory=time.monotonic)
 
 

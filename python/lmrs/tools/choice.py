@@ -49,7 +49,8 @@ def _normalize_tool(tool: Any, i: int) -> dict:
     if not isinstance(tool, Mapping):
         raise FieldError(where, "must be an object")
     if tool.get("type", "function") != "function":
-        raise FieldError(f"{where}.type", f"only 'function' tools are supported, got {tool.get('type')!r}")
+        raise FieldError(f"{where}.type", f"{tool.get('type')!r} tools are not supported by this server (only "
+                                          f"'function' tools: built-in server-side tools are not run here)")
     if "function" in tool:
         fn, where_fn = tool["function"], f"{where}.function"
         if not isinstance(fn, Mapping):
