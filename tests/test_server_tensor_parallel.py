@@ -11,40 +11,8 @@ import time
 
 import requests
 
+from proc_table import alive, children, rank_children
 from server_utils import ServerProcess
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
-
-
-def _rank_pids(server_pid: int) -> list[int]:
-    pids = []
-    for c in _children(server_pid):
-        try:
-            with open(f"/proc/{c}/cmdline", "rb") as f:
-                if b"spawn_main" in f.read():
-                    pids.append(c)
-        except OSError:
-            pass
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_tp2_server_serves_clients_and_dies_cleanly_with_a_rank():
@@ -52,7 +20,7 @@ def test_tp2_server_serves_clients_and_dies_cleanly_with_a_rank():
 
     s = ServerProcess("--tp", "2", "--dtype", "float32", "--kv-cache-memory", "64MiB", "--shutdown-timeout", "5")
     try:
-        ranks = _rank_pids(s.proc.pid)
+        ranks = rank_children(s.proc.pid)
         assert len(ranks) == 1, f"one worker rank expected, found {ranks}"
         r = requests.post(s.url + "/generate", timeout=120, json={
             "prompt": "What is the capital of France?", "request_output_len": 8, "temperature": 0})
@@ -79,7 +47,7 @@ def test_tp2_server_serves_clients_and_dies_cleanly_with_a_rank():
         assert code != 0
         assert time.monotonic() - killed < 15, "the server exits within seconds"
         assert "tensor-parallel rank 1 exited" in s.logs()
-        assert not any(_alive(p) for p in ranks) and _children(s.proc.pid) == []
+        assert not any(alive(p) for p in ranks) and children(s.proc.pid) == []
     finally:
         s.stop(signal.SIGKILL)
 
@@ -87,13 +55,13 @@ def test_tp2_server_serves_clients_and_dies_cleanly_with_a_rank():
 def test_tp2_server_stops_every_rank_on_sigterm():
     s = ServerProcess("--tp", "2", "--dtype", "float32", "--kv-cache-memory", "64MiB", "--shutdown-timeout", "5")
     try:
-        ranks = _rank_pids(s.proc.pid)
+        ranks = rank_children(s.proc.pid)
         assert ranks
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in ranks) and time.monotonic() < deadline:
+        while any(alive(p) for p in ranks) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(p) for p in ranks), "the worker rank stopped with the server"
+        assert not any(alive(p) for p in ranks), "the worker rank stopped with the server"
     finally:
         s.stop(signal.SIGKILL)

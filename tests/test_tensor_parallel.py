@@ -24,6 +24,8 @@ from lmrs.engine.request import SessionTurn
 from lmrs.parallel.ranks import RankStartError
 from lmrs.parallel.sharding import head_shard
 
+from proc_table import rank_children
+
 GREEDY = SamplingParams(temperature=0, max_tokens=48)
 
 
@@ -105,42 +107,15 @@ def test_every_family_sharded_on_two_ranks_gives_unsharded_logits(tmp_path):
         assert torch.equal(got[f].argmax(-1), expected[f].argmax(-1)), f
 
 
-def _children_alive(pid: int) -> list[int]:
-    alive = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if ppid == pid:
-                alive.append(int(entry))
-    return alive
-
-
-def _rank_children() -> list[int]:
-    """This process's children that are lmrs rank processes (spawned python processes)."""
-    out = []
-    for c in _children_alive(os.getpid()):
-        try:
-            with open(f"/proc/{c}/cmdline", "rb") as f:
-                if b"multiprocessing" in f.read():
-                    out.append(c)
-        except OSError:
-            pass
-    return out
-
-
 def test_a_rank_that_cannot_start_fails_the_engine_clearly(tmp_path, monkeypatch):
     from lmrs.models.testing import make_tiny_model
 
     folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
-    before = set(_rank_children())
+    before = set(rank_children(os.getpid()))
     monkeypatch.setenv("LMRS_TP_FAIL_RANK", "1")
     with pytest.raises(RankStartError, match="rank 1: start failure injected"):
         Engine(folder, dtype="float32", tp=2, num_blocks=8, progress=False)
-    assert set(_rank_children()) <= before, "no rank process is left behind"
+    assert set(rank_children(os.getpid())) <= before, "no rank process is left behind"
 
 
 def test_a_taken_rendezvous_port_fails_the_engine_clearly(tmp_path, monkeypatch):
