@@ -64,45 +64,100 @@ pub unsafe fn dequantize_t_bf16(a: &DequantTArgs) -> Result<(), String> {
     let count = a.tile1 - a.tile0;
     let threads = threads_for(count * TILE * a.k, count, a.threads);
     let out = SendPtr(a.out as *mut Bf16);
-    parallel_for(count, threads, |_| 1, |r| {
+    // threads take whole groups of TILES_TOGETHER tiles
+    let groups = count.div_ceil(TILES_TOGETHER);
+    parallel_for(groups, threads.min(groups), |_| 1, |r| {
         let out = out;
-        let (t0, t1) = (a.tile0 + r.start, a.tile0 + r.end);
+        let t0 = a.tile0 + r.start * TILES_TOGETHER;
+        let t1 = (a.tile0 + r.end * TILES_TOGETHER).min(a.tile1);
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::use_avx512bf16() {
+            return with_gguf_type!(a.ty, Q => unsafe { native::tiles_t::<Q>(a, t0, t1, out.0) });
+        }
         with_gguf_type!(a.ty, Q => dispatch!(tiles_t::<Q>(a, t0, t1, out.0)))
     });
     Ok(())
 }
 
+/// Tiles decoded side by side: each row of Wt gets 4 x 16 bfloat16 = two whole cache lines at once.
+const TILES_TOGETHER: usize = 4;
+
 #[inline(always)]
 unsafe fn tiles_t<S: QuantIsa, const Q: u8>(a: &DequantTArgs, t0: usize, t1: usize, out: *mut Bf16) {
+    tiles_with::<S, Q, _>(a, t0, t1, out, |p, w, cnt| Bf16::store_upto::<S>(p, w, cnt))
+}
+
+/// With AVX512-BF16 the rounding is one `vcvtneps2bf16` (nearest even, as `Bf16::store`; the weights
+/// hold no NaN).
+#[cfg(target_arch = "x86_64")]
+mod native {
+    use std::arch::x86_64::*;
+
+    use super::super::elem::Bf16;
+    use super::super::simd::Avx512;
+    use super::DequantTArgs;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")]
+    pub unsafe fn tiles_t<const Q: u8>(a: &DequantTArgs, t0: usize, t1: usize, out: *mut Bf16) {
+        super::tiles_with::<Avx512, Q, _>(
+            a,
+            t0,
+            t1,
+            out,
+            #[inline(always)]
+            |p, w: __m512, cnt| {
+                let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(w));
+                if cnt >= 16 {
+                    _mm256_storeu_si256(p as *mut __m256i, h)
+                } else {
+                    _mm256_mask_storeu_epi16(p as *mut i16, ((1u32 << cnt) - 1) as u16, h)
+                }
+            },
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn tiles_with<S: QuantIsa, const Q: u8, St: Fn(*mut Bf16, S::V, usize)>(
+    a: &DequantTArgs,
+    t0: usize,
+    t1: usize,
+    out: *mut Bf16,
+    store: St,
+) {
     let t = ty::<Q>();
     let (kb, gk, bb) = (t.block_values(), t.group(), t.tile_block_bytes());
     let blocks = a.k / kb;
     let tab = nibble_table(t);
     let table = S::load_f32(tab.as_ptr());
-    for tile in t0..t1 {
-        let base = (a.packed as *const u8).add(tile * blocks * bb);
-        let cnt = (a.n - tile * TILE).min(TILE);
-        let col = out.add((tile - a.tile0) * TILE);
+    let mut tile = t0;
+    while tile < t1 {
+        let together = (t1 - tile).min(TILES_TOGETHER);
         for b in 0..blocks {
-            let blk = base.add(b * bb);
             for g in 0..t.groups_per_block() {
-                let (s, o) = scale_offset::<S, Q>(blk, g);
                 let k0 = b * kb + g * gk;
-                decode_group::<S, Q, _>(
-                    blk,
-                    g,
-                    table,
-                    #[inline(always)]
-                    |i, v| {
-                        let w = if t.has_offset() {
-                            S::fmadd(v, s, o)
-                        } else {
-                            S::mul(v, s)
-                        };
-                        Bf16::store_upto::<S>(col.add((k0 + i) * a.out_stride), w, cnt);
-                    },
-                );
+                for c in tile..tile + together {
+                    let blk = (a.packed as *const u8).add((c * blocks + b) * bb);
+                    let cnt = (a.n - c * TILE).min(TILE);
+                    let col = out.add((c - a.tile0) * TILE + k0 * a.out_stride);
+                    let (s, o) = scale_offset::<S, Q>(blk, g);
+                    decode_group::<S, Q, _>(
+                        blk,
+                        g,
+                        table,
+                        #[inline(always)]
+                        |i, v| {
+                            let w = if t.has_offset() {
+                                S::fmadd(v, s, o)
+                            } else {
+                                S::mul(v, s)
+                            };
+                            store(col.add(i * a.out_stride), w, cnt);
+                        },
+                    );
+                }
             }
         }
+        tile += together;
     }
 }
