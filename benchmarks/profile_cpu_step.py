@@ -1,7 +1,8 @@
 """Per-op breakdown of a CPU engine step (the default engine: SmolLM2-135M Q4_1 GGUF, weights kept quantized).
 
     python benchmarks/profile_cpu_step.py [--batch 32] [--prefill-tokens 2048] [--steps 8] [--gguf-weights quantized]
-                                          [--dense-gemm auto|on|off] [--markdown]
+                                          [--dense-gemm auto|on|off] [--threads N]
+                                          [--markdown] [--alternate ROUNDS]
 
 Two steps are profiled: a decode step with `batch` running sequences (100-token prompts) and a prefill step of
 one `prefill-tokens`-token prompt (`max_num_batched_tokens` large enough to take it in one step). Every op of the
@@ -69,23 +70,23 @@ def instrument(engine, prof: Profile) -> None:
             for name in LINEAR_KINDS:
                 lin = getattr(owner, name, None)
                 if lin is not None:
-                    setattr(owner, name, prof.wrap(name.replace("_proj", ""), lin))
+                    setattr(owner, name, _Timed(lin, prof.wrap(name.replace("_proj", ""), lin)))
     for name, label in KERNEL_KINDS.items():
         if hasattr(cpu, name):
             setattr(cpu, name, prof.wrap(label, getattr(cpu, name)))
     model.compute_logits = prof.wrap("head (logits + refine)", model.compute_logits)
     model.embedding = prof.wrap("embedding", model.embedding)
-    runner.sampler = _Sampler(runner.sampler, prof)
+    runner.sampler = _Timed(runner.sampler, prof.wrap("sampling", runner.sampler.__call__))
     le = engine.engine
     le.step = prof.wrap("host (schedule, update, detokenize)", le.step)
 
 
-class _Sampler:
-    """The runner's sampler with its call timed (attribute access passes through)."""
+class _Timed:
+    """A callable object (a linear, the sampler) with its call timed; attribute access passes through."""
 
-    def __init__(self, inner, prof: Profile):
+    def __init__(self, inner, call):
         self._inner = inner
-        self._call = prof.wrap("sampling", inner.__call__)
+        self._call = call
 
     def __call__(self, *args, **kwargs):
         return self._call(*args, **kwargs)
@@ -114,7 +115,7 @@ def profile_steps(engine, prof: Profile, prompts, steps: int, prefill: bool):
     else:
         for p in prompts:
             le.add_request(p, SamplingParams(temperature=0, max_tokens=steps + 4, ignore_eos=True))
-        while any(st.first_token_time is None for st in le.requests.values()):
+        while any(not st.output_ids for st in le.requests.values()):  # prefill
             le.step()
         for _ in range(steps):
             prof.times.clear()
@@ -149,7 +150,10 @@ def main() -> None:
     ap.add_argument("--prefill-steps", type=int, default=3)
     ap.add_argument("--gguf-weights", default="quantized", choices=["quantized", "dequantize"])
     ap.add_argument("--dense-gemm", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--threads", type=int, default=0, help="threads for torch and the Rust kernels (0: all CPUs)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--alternate", type=int, default=0,
+                    help="instead of one profile: N rounds of (dense GEMM off, on), printing each step's total")
     args = ap.parse_args()
 
     from lmrs import Engine
@@ -157,6 +161,9 @@ def main() -> None:
     from lmrs.models import quantized
     from lmrs.models.loader import default_model_path, load_model_files
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        cpu.THREADS = args.threads
     if args.dense_gemm != "auto":
         quantized.DENSE_GEMM = args.dense_gemm == "on"
     loaded = load_model_files(default_model_path(), progress=False, gguf_weights=args.gguf_weights)
@@ -171,11 +178,41 @@ def main() -> None:
 
     engine.generate([rng.integers(100, 40000, 32).tolist()], SamplingParams(temperature=0, max_tokens=4))
     decode_prompts = [rng.integers(100, 40000, 100).tolist() for _ in range(args.batch)]
+    prefill_prompts = [rng.integers(100, 40000, args.prefill_tokens).tolist() for _ in range(args.prefill_steps)]
+    if args.alternate:
+        alternate(engine, prof, args, decode_prompts, prefill_prompts)
+        return
     rows, total = profile_steps(engine, prof, decode_prompts, args.steps, prefill=False)
     print_table(f"decode step, batch {args.batch}", rows, total, args.markdown)
-    prefill_prompts = [rng.integers(100, 40000, args.prefill_tokens).tolist() for _ in range(args.prefill_steps)]
     rows, total = profile_steps(engine, prof, prefill_prompts, args.prefill_steps, prefill=True)
     print_table(f"prefill step, {args.prefill_tokens} tokens", rows, total, args.markdown)
+
+
+def alternate(engine, prof: Profile, args, decode_prompts, prefill_prompts) -> None:
+    """Step totals (median ms) with the dense GEMM path off and on, alternating; the best round of each."""
+    from lmrs.models import quantized
+
+    cases = [(f"decode batch {args.batch}", decode_prompts, False), ("decode batch 1", decode_prompts[:1], False),
+             (f"prefill {args.prefill_tokens} tokens", prefill_prompts, True)]
+    best: dict[tuple[str, bool], float] = {}
+    linears: dict[tuple[str, bool], float] = {}
+    for _ in range(args.alternate):
+        for name, prompts, prefill in cases:
+            for on in (False, True):
+                quantized.DENSE_GEMM = on
+                rows, total = profile_steps(engine, prof, prompts, args.prefill_steps if prefill else args.steps,
+                                            prefill)
+                lin = sum(rows.get(k.replace("_proj", ""), 0.0) for k in LINEAR_KINDS)
+                if total < best.get((name, on), float("inf")):
+                    best[(name, on)], linears[(name, on)] = total, lin
+                print(f"  {name:<24} dense GEMM {'on ' if on else 'off'}: step {total:8.1f} ms "
+                      f"(linears {lin:7.1f} ms)", flush=True)
+    print("\n| step | before (kernels) ms | after (dequantize + GEMM) ms | speedup | linears before / after ms |")
+    print("|---|---:|---:|---:|---:|")
+    for name, _, _ in cases:
+        b, a = best[(name, False)], best[(name, True)]
+        print(f"| {name} | {b:.1f} | {a:.1f} | {b / a:.2f}x | {linears[(name, False)]:.1f} / "
+              f"{linears[(name, True)]:.1f} |")
 
 
 if __name__ == "__main__":

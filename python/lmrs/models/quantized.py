@@ -351,8 +351,8 @@ def _dense_gemm_enabled() -> bool:
 
 
 #: rows from which bfloat16 products of kept-quantized weights dequantize chunks of the weight and run
-#: torch's bfloat16 GEMM (see :func:`dense_gemm_pays`); measured in docs/benchmarks.md
-DENSE_GEMM_MIN_ROWS = 9
+#: torch's bfloat16 GEMM (see :func:`dense_gemm_pays`); measured by benchmarks/bench_quant_dense_gemm.py (docs/benchmarks.md)
+DENSE_GEMM_MIN_ROWS = 12
 #: whether that path is on: by default where the CPU has AMX bfloat16 tiles (oneDNN's GEMM then beats the
 #: quantized panel kernels); ``LMRS_GGUF_DENSE_GEMM=0`` / ``=1`` forces it off / on (benchmarks, tests)
 DENSE_GEMM = _dense_gemm_enabled()
