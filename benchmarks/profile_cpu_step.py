@@ -196,10 +196,13 @@ def alternate(engine, prof: Profile, args, decode_prompts, prefill_prompts) -> N
              (f"prefill {args.prefill_tokens} tokens", prefill_prompts, True)]
     best: dict[tuple[str, bool], float] = {}
     linears: dict[tuple[str, bool], float] = {}
+    rng = np.random.default_rng(1)
     for _ in range(args.alternate):
         for name, prompts, prefill in cases:
             for on in (False, True):
                 quantized.DENSE_GEMM = on
+                # fresh prompts every run: a repeated prompt would hit the prefix cache
+                prompts = [rng.integers(100, 40000, len(p)).tolist() for p in prompts]
                 rows, total = profile_steps(engine, prof, prompts, args.prefill_steps if prefill else args.steps,
                                             prefill)
                 lin = sum(rows.get(k.replace("_proj", ""), 0.0) for k in LINEAR_KINDS)
