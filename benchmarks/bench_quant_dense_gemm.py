@@ -5,7 +5,7 @@
 
 For each weight shape and number of rows M it times, in the same process and alternating `repeats` times:
 - `kernel`: `QuantizedTensor.matmul` on the Rust panel kernels (`gguf_gemm_bf16.rs` with AVX512-BF16, else
-  `gguf_gemm.rs`), i.e. ``quantized.DENSE_GEMM = False``;
+  `gguf_gemm.rs`), i.e. ``dense_gemm.DENSE_GEMM = False``;
 - `dequant+gemm`: the same call with ``DENSE_GEMM = True`` (chunks of the weight dequantized to a transposed
   bfloat16 scratch by `gguf_dequant_bf16.rs`, then torch's bfloat16 GEMM: oneDNN, on AMX tiles where present);
 - `dense`: oneDNN's bfloat16 product with a prepacked dense weight (what ``--gguf-weights dequantize`` runs).
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench_quant_matmul import SHAPES, random_gguf  # noqa: E402
 from lmrs import _core  # noqa: E402
 from lmrs.kernels import cpu as _cpu  # noqa: E402
-from lmrs.models import quantized as quantized_mod  # noqa: E402
+from lmrs.models import quantized_dense_gemm as dense_gemm  # noqa: E402
 from lmrs.models.quantized import QuantizedTensor  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     print(f"{'shape':<18} {'M':>5} {'kernel ms':>10} {'deq+gemm ms':>12} {'dense ms':>9} {'kernel/new':>11} "
           f"{'new/dense':>10}")
     results = []
-    saved = quantized_mod.DENSE_GEMM
+    saved = dense_gemm.DENSE_GEMM
     for label, n, k in shapes:
         w = QuantizedTensor.from_gguf_bytes(random_gguf(args.format, n, k, rng), args.format, (n, k))
         packed = torch.ops.mkldnn._reorder_linear_weight(w.dequantize().bfloat16().contiguous(), 32)
@@ -75,9 +75,9 @@ def main() -> None:
             calls = 5 if m * n * k > 1e9 else 21
             runs = {"kernel": [], "new": [], "dense": []}
             for _ in range(args.repeats):
-                quantized_mod.DENSE_GEMM = False
+                dense_gemm.DENSE_GEMM = False
                 runs["kernel"].append(median_ms(lambda: w.matmul(x), calls))
-                quantized_mod.DENSE_GEMM = True
+                dense_gemm.DENSE_GEMM = True
                 runs["new"].append(median_ms(lambda: w.matmul(x), calls))
                 runs["dense"].append(median_ms(
                     lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), calls))
@@ -85,7 +85,7 @@ def main() -> None:
             print(f"{label:<18} {m:>5} {best['kernel']:>10.3f} {best['new']:>12.3f} {best['dense']:>9.3f} "
                   f"{best['kernel'] / best['new']:>11.2f} {best['new'] / best['dense']:>10.2f}", flush=True)
             results.append({"shape": label, "n": n, "k": k, "m": m, **{f"{key}_ms": v for key, v in best.items()}})
-    quantized_mod.DENSE_GEMM = saved
+    dense_gemm.DENSE_GEMM = saved
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"isa": _core.cpu_kernels_isa(), "amx": _core.cpu_has_amx_bf16(),

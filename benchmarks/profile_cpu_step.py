@@ -10,7 +10,7 @@ forward is wrapped with a timer that books *exclusive* wall time (time inside a 
 the linears by kind (qkv, o, gate_up, down), the output head (logits + top-logit refinement), attention, norms,
 RoPE + KV-cache write, the gated activation, the embedding, the sampler; `host` is the rest of `LLMEngine.step`
 (scheduling, plan building, update, detokenization). Each row is the median over `steps` steps.
-`--dense-gemm` sets `quantized.DENSE_GEMM` (the dequantize + oneDNN GEMM path for large bfloat16 products).
+`--dense-gemm` sets `dense_gemm.DENSE_GEMM` (the dequantize + oneDNN GEMM path for large bfloat16 products).
 """
 
 from __future__ import annotations
@@ -158,19 +158,19 @@ def main() -> None:
 
     from lmrs import Engine
     from lmrs.kernels import cpu
-    from lmrs.models import quantized
+    from lmrs.models import quantized_dense_gemm as dense_gemm
     from lmrs.models.loader import default_model_path, load_model_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
         cpu.THREADS = args.threads
     if args.dense_gemm != "auto":
-        quantized.DENSE_GEMM = args.dense_gemm == "on"
+        dense_gemm.DENSE_GEMM = args.dense_gemm == "on"
     loaded = load_model_files(default_model_path(), progress=False, gguf_weights=args.gguf_weights)
     engine = Engine(loaded=loaded, dtype="bfloat16", max_num_seqs=max(64, args.batch), kv_cache_memory="768MiB",
                     max_num_batched_tokens=max(4096, args.prefill_tokens), progress=False)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, kernels {cpu.isa()}, gguf weights "
-          f"{args.gguf_weights}, dense GEMM path {quantized.DENSE_GEMM}")
+          f"{args.gguf_weights}, dense GEMM path {dense_gemm.DENSE_GEMM}")
     prof = Profile()
     instrument(engine, prof)
     rng = np.random.default_rng(0)
@@ -190,7 +190,7 @@ def main() -> None:
 
 def alternate(engine, prof: Profile, args, decode_prompts, prefill_prompts) -> None:
     """Step totals (median ms) with the dense GEMM path off and on, alternating; the best round of each."""
-    from lmrs.models import quantized
+    from lmrs.models import quantized_dense_gemm as dense_gemm
 
     cases = [(f"decode batch {args.batch}", decode_prompts, False), ("decode batch 1", decode_prompts[:1], False),
              (f"prefill {args.prefill_tokens} tokens", prefill_prompts, True)]
@@ -200,7 +200,7 @@ def alternate(engine, prof: Profile, args, decode_prompts, prefill_prompts) -> N
     for _ in range(args.alternate):
         for name, prompts, prefill in cases:
             for on in (False, True):
-                quantized.DENSE_GEMM = on
+                dense_gemm.DENSE_GEMM = on
                 # fresh prompts every run: a repeated prompt would hit the prefix cache
                 prompts = [rng.integers(100, 40000, len(p)).tolist() for p in prompts]
                 rows, total = profile_steps(engine, prof, prompts, args.prefill_steps if prefill else args.steps,

@@ -28,6 +28,7 @@ from lmrs.kernels import cpu as cpu_kernels
 from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.models.linear import Linear
 from lmrs.models import quantized
+from lmrs.models import quantized_dense_gemm as dense_gemm
 from lmrs.models.loader import load_model_files
 from lmrs.models.quantized import QuantizedEmbedding, QuantizedLinear
 from lmrs.models.registry import build_model
@@ -174,7 +175,7 @@ def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
     ids = random_prompt(40, seed=5)
     ref = prefill_logits(build_model(pair.dense.config, pair.dense.weights, dtype=torch.float32), ids)
     if path != "native":
-        monkeypatch.setattr(quantized, "DENSE_GEMM", path == "dense-gemm")
+        monkeypatch.setattr(dense_gemm, "DENSE_GEMM", path == "dense-gemm")
     if path == "bf16-activations":
         monkeypatch.setattr(quantized, "native_bf16", lambda: True)
     cpu_kernels.force_portable(path == "portable")
@@ -182,7 +183,7 @@ def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
         model = build_model(pair.kept.config, pair.kept.weights, dtype=torch.bfloat16)
         # native: bfloat16 activations on AVX512-BF16 machines, float32 elsewhere
         bf16_activations = (path == "bf16-activations" or (path == "native" and quantized.native_bf16())
-                            or quantized.dense_gemm_pays(len(ids)))
+                            or dense_gemm.dense_gemm_pays(len(ids)))
         assert model.compute_dtype(len(ids)) == (torch.bfloat16 if bf16_activations else torch.float32)
         ours = prefill_logits(model, ids)
     finally:
