@@ -11,6 +11,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::cpu_kernels::gguf_dequant_bf16::{dequantize_t_bf16, DequantTArgs};
 use crate::cpu_kernels::gguf_gemm_bf16;
 use crate::cpu_kernels::gguf_layout::{gguf_row_bytes, packed_bytes, GgufType};
 use crate::cpu_kernels::gguf_matmul::{gguf_matmul, GgufMatmulArgs};
@@ -250,6 +251,51 @@ fn cpu_gguf_refine_top_logits(
     run(py, move || unsafe { refine_top_logits_quant(&a) })
 }
 
+/// Tiles [tile0, tile1) of a tiled [n, k] weight dequantized to bfloat16 and transposed into
+/// `out` [k, out_stride] (columns 0 .. the tiles' outputs), for a dense GEMM x @ out.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn cpu_gguf_dequantize_t_bf16(
+    py: Python<'_>,
+    ty: u32,
+    packed: usize,
+    packed_len: usize,
+    n: usize,
+    k: usize,
+    tile0: usize,
+    tile1: usize,
+    out: usize,
+    out_stride: usize,
+    threads: usize,
+) -> PyResult<()> {
+    let t = gguf_type(ty)?;
+    let want = packed_bytes(t, n, k).map_err(PyValueError::new_err)?;
+    if packed_len != want {
+        return Err(PyValueError::new_err(format!(
+            "packed buffer has {packed_len} bytes, a {} [{n}, {k}] weight needs {want}",
+            t.name()
+        )));
+    }
+    let a = DequantTArgs {
+        ty: t,
+        n,
+        k,
+        tile0,
+        tile1,
+        packed: nonnull(packed, "packed")?,
+        out: nonnull(out, "out")?,
+        out_stride,
+        threads,
+    };
+    run(py, move || unsafe { dequantize_t_bf16(&a) })
+}
+
+/// Whether this CPU has AMX bfloat16 tiles (oneDNN's bfloat16 GEMM runs on them).
+#[pyfunction]
+fn cpu_has_amx_bf16() -> bool {
+    crate::cpu_kernels::simd::amx_bf16_detected()
+}
+
 /// Run the bfloat16 large-batch kernel with emulated `vdpbf16ps` on AVX-512 CPUs without
 /// AVX512-BF16 (True), or only natively (False); for tests.
 #[pyfunction]
@@ -268,5 +314,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_gguf_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gguf_refine_top_logits, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gguf_emulate_bf16, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_gguf_dequantize_t_bf16, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_has_amx_bf16, m)?)?;
     Ok(())
 }

@@ -27,6 +27,7 @@ from lmrs import Engine, SamplingParams
 from lmrs.kernels import cpu as cpu_kernels
 from lmrs.models.linear import Linear
 from lmrs.models import quantized
+from lmrs.models import quantized_dense_gemm as dense_gemm
 from lmrs.models.loader import load_model_files
 from lmrs.models.quantized import QuantizedEmbedding, QuantizedLinear
 from lmrs.models.registry import build_model
@@ -147,19 +148,24 @@ def test_every_projection_is_kept_quantized_and_exact(pair):
     assert torch.equal(head.table.dequantize(), ref.head.linear.weight)
 
 
-@pytest.mark.parametrize("path", ["native", "portable", "bf16-activations"])
+@pytest.mark.parametrize("path", ["native", "portable", "bf16-activations", "dense-gemm"])
 def test_prefill_logits_close_to_the_float32_model(pair, path, monkeypatch):
-    """`bf16-activations`: the >8-row products take bfloat16 activations, as on AVX512-BF16 machines (here
-    converted to float32 in the kernel: the same rounding, another summation order)."""
+    """`native`: what this machine runs by default (on AMX CPUs the dequantize + dense GEMM path);
+    `portable` / `bf16-activations`: the panel kernels (dense GEMM path off), the latter with the >8-row
+    products taking bfloat16 activations, as on AVX512-BF16 machines (here converted to float32 in the kernel:
+    the same rounding, another summation order); `dense-gemm`: the dequantize + dense GEMM path forced on."""
     ids = random_prompt(40, seed=5)
     ref = prefill_logits(build_model(pair.dense.config, pair.dense.weights, dtype=torch.float32), ids)
+    if path != "native":
+        monkeypatch.setattr(dense_gemm, "DENSE_GEMM", path == "dense-gemm")
     if path == "bf16-activations":
         monkeypatch.setattr(quantized, "native_bf16", lambda: True)
     cpu_kernels.force_portable(path == "portable")
     try:
         model = build_model(pair.kept.config, pair.kept.weights, dtype=torch.bfloat16)
         # native: bfloat16 activations on AVX512-BF16 machines, float32 elsewhere
-        bf16_activations = path == "bf16-activations" or (path == "native" and quantized.native_bf16())
+        bf16_activations = (path == "bf16-activations" or (path == "native" and quantized.native_bf16())
+                            or dense_gemm.dense_gemm_pays(len(ids)))
         assert model.compute_dtype(len(ids)) == (torch.bfloat16 if bf16_activations else torch.float32)
         ours = prefill_logits(model, ids)
     finally:

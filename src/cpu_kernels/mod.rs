@@ -14,12 +14,14 @@
 //! GGUF weights kept quantized (`gguf_*`): `gguf_layout` (formats and the tiled layout),
 //! `gguf_rows` (packing, row permutation / concatenation, exact dequantization, the output
 //! head's refinement), `gguf_decode` (codes to vectors) and `gguf_matmul` (the product for any
-//! number of rows: streaming, then `gguf_gemm` / `gguf_gemm_bf16` for larger batches).
+//! number of rows: streaming, then `gguf_gemm` / `gguf_gemm_bf16` for larger batches) and
+//! `gguf_dequant_bf16` (tiles to a transposed bfloat16 scratch for oneDNN's GEMM on AMX machines).
 
 pub mod activation;
 pub mod attention;
 pub mod elem;
 pub mod gguf_decode;
+pub mod gguf_dequant_bf16;
 pub mod gguf_gemm;
 pub mod gguf_gemm_bf16;
 pub mod gguf_layout;

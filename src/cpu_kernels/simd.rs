@@ -126,6 +126,32 @@ pub fn avx512bf16_detected() -> bool {
     })
 }
 
+/// Whether this CPU has AMX tiles for bfloat16 (`amx-bf16`): oneDNN's bfloat16 GEMM then runs on
+/// them and beats the quantized panel kernels from a few rows on (`QuantizedTensor.matmul`).
+pub fn amx_bf16_detected() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // CPUID.(7, 0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE; the OS enables the tile state
+            // in XCR0 bits 17-18 (`is_x86_feature_detected!("amx-bf16")` is unstable)
+            use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+            unsafe {
+                if __cpuid(0).eax < 7 || (__cpuid(1).ecx >> 27) & 1 == 0 {
+                    return false;
+                }
+                let edx = __cpuid_count(7, 0).edx;
+                let cpu = (edx >> 22) & 1 == 1 && (edx >> 24) & 1 == 1;
+                cpu && (_xgetbv(0) >> 17) & 3 == 3
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Whether the quantized products take their AVX512-BF16 path now.
 #[inline]
 pub fn use_avx512bf16() -> bool {

@@ -13,7 +13,10 @@
   from exactly dequantized rows (``refine_top_logits`` without a float32 copy of the table).
 
 Products take float32, bfloat16 or float16 activations and accumulate in float32; see
-``src/cpu_kernels/gguf_matmul.rs`` for the kernels (streaming for <= 8 rows, decoded panels beyond).
+``src/cpu_kernels/gguf_matmul.rs`` for the kernels (streaming for <= 8 rows, decoded panels beyond). On CPUs
+with AMX, bfloat16 products of more rows dequantize chunks of the weight into a small reused bfloat16 scratch
+(``src/cpu_kernels/gguf_dequant_bf16.rs``) and run torch's (oneDNN's) bfloat16 GEMM on it: see
+:mod:`lmrs.models.quantized_dense_gemm`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from lmrs import _core
 from lmrs.kernels import cpu as _cpu
+from lmrs.models import quantized_dense_gemm as _dense
 
 __all__ = ["QuantizedTensor", "QuantizedLinear", "QuantizedEmbedding", "KEPT_QUANTIZED", "ggml_type", "prefers_float32",
            "keeps_quantized", "weight_nbytes"]
@@ -283,7 +287,9 @@ class QuantizedTensor:
                 if bias.numel() != n:
                     raise ValueError(f"bias has {bias.numel()} values for {n} outputs")
             bias_addr = bias.data_ptr()
-        if m:
+        if m and x.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and _dense.dense_gemm_pays(m):
+            _dense.matmul(self, x, bias, out, out_col)
+        elif m:
             _core.cpu_gguf_matmul(self.qtype, m, n, k, x.data_ptr(), x.stride(0), _DTYPE_CODE[x.dtype],
                                   out.data_ptr() + out_col * out.element_size(), out.stride(0),
                                   _DTYPE_CODE[out.dtype], self._addr, bias_addr, _cpu.THREADS)
@@ -314,7 +320,7 @@ def native_bf16() -> bool:
 def prefers_float32(rows: int) -> bool:
     """Whether float32 activations cost no more than bfloat16 ones in a product of `rows` rows: always for
     streaming products, and for larger ones unless AVX512-BF16 makes bfloat16 activations faster."""
-    return rows <= STREAMING_ROWS or not native_bf16()
+    return rows <= STREAMING_ROWS or not (native_bf16() or _dense.dense_gemm_pays(rows))
 
 
 class QuantizedLinear:
