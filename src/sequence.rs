@@ -214,6 +214,10 @@ pub struct Sequence {
     /// An embedding request: prefill only, every token computed (no prefix-cache reuse), the
     /// final hidden states of its rows pooled by the runner.
     pub embed: bool,
+    /// May speculate (the runner can verify drafts for it; see `spec_decode.rs`).
+    pub speculate: bool,
+    /// Draft tokens of the step in flight (empty otherwise); never part of `tokens`.
+    pub drafts: Vec<u32>,
     /// Context tokens found in the prefix cache or the session at admission (not recomputed).
     pub num_cached_tokens: usize,
     pub num_preemptions: u32,
@@ -349,6 +353,8 @@ mod tests {
             merged: true,
             turn: TurnPrompt::default(),
             embed: false,
+            speculate: true,
+            drafts: vec![],
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: 0,

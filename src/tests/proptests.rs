@@ -91,6 +91,8 @@ fn cfg() -> impl Strategy<Value = CoreConfig> {
                     max_model_len: max_len,
                     max_sessions,
                     session_idle_timeout_s: 0.0,
+                    num_speculative_tokens: 0,
+                    spec_max_decode_rows: 0,
                 }
             },
         )
@@ -173,7 +175,7 @@ proptest! {
                         owner,
                     });
                     let r = s.add_request(NewRequest {
-                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn, embed: false,
+                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn, embed: false, speculate: true,
                     });
                     if session.is_none() && prompt.is_empty() && max_new > 0 {
                         prop_assert!(matches!(r, Err(AddError::Invalid(_))));
@@ -188,7 +190,7 @@ proptest! {
                 Op::Embed(prompt) => {
                     let stop = StopParams { max_new_tokens: 0, ..Default::default() };
                     let r = s.add_request(NewRequest {
-                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn: None, embed: true,
+                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn: None, embed: true, speculate: false,
                     });
                     prop_assert_eq!(r.is_ok(), !prompt.is_empty());
                     next_id += 1;
