@@ -8,7 +8,7 @@ from conftest import make_engine
 from lmrs import Engine, SamplingParams
 from lmrs.engine.request import SessionTurn
 
-GREEDY = SamplingParams(temperature=0, max_tokens=40)
+GREEDY = SamplingParams(temperature=0, max_tokens=32)
 COPY_TEXT = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
              "def mul(a, b):\n    return a * b\n")
 COPY_MESSAGES = [{"role": "user", "content": "Rewrite this code exactly, adding nothing:\n\n" + COPY_TEXT}]
@@ -32,6 +32,19 @@ def _tokens(engine, prompts, params=GREEDY):
     return [o.outputs[0].token_ids for o in engine.generate(prompts, params)]
 
 
+_PLAIN: dict[tuple, list[int]] = {}
+
+
+def _plain_tokens(plain, prompts):
+    """Plain greedy tokens of each prompt (GREEDY), computed once per prompt for the module (in
+    float32 a request's tokens do not depend on the batch it ran in)."""
+    missing = [p for p in prompts if tuple(p) not in _PLAIN]
+    if missing:
+        for p, t in zip(missing, _tokens(plain, missing)):
+            _PLAIN[tuple(p)] = t
+    return [_PLAIN[tuple(p)] for p in prompts]
+
+
 def _stats_delta(engine, before):
     after = engine.stats()
     return {k: after[k] - before[k] for k in ("spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens",
@@ -44,21 +57,16 @@ def _no_leak(engine):
     assert s["blocks_used"] == s["blocks_pinned_by_sessions"], "blocks leaked"
 
 
-def test_greedy_copy_and_chat_identical_to_plain(plain, spec, golden):
+def test_greedy_copy_and_chat_identical_to_plain(plain, spec):
     tok = spec.tokenizer
-    prompts = [tok.encode_chat(COPY_MESSAGES)] + [tok.encode_chat(m) for m in CHAT_MESSAGES]
+    prompts = [tok.encode_chat(COPY_MESSAGES)] + [tok.encode_chat(m) for m in CHAT_MESSAGES[:2]]
     before = spec.stats()
-    want = _tokens(plain, prompts)
+    want = _plain_tokens(plain, prompts)
     got = _tokens(spec, prompts)
     assert got == want
     d = _stats_delta(spec, before)
     assert d["spec_decode_num_accepted_tokens"] > 10, d  # the copy prompt's drafts are right
     assert d["spec_decode_num_accepted_tokens"] < d["spec_decode_num_draft_tokens"], d
-    # and the Hugging Face reference tokens of the golden prompts, all in one batch
-    ref = golden["prompts"]
-    outs = spec.generate([p["prompt_token_ids"] for p in ref], SamplingParams(temperature=0, max_tokens=48))
-    for o, p in zip(outs, ref):
-        assert o.outputs[0].token_ids == p["output_token_ids"], p["id"]
     _no_leak(spec)
 
 
@@ -66,9 +74,8 @@ def test_concurrent_requests_mixed_with_prefill(plain, spec):
     """Requests join while others decode with drafts: prefills, plain decodes and verified rows
     share steps."""
     tok = spec.tokenizer
-    prompts = [tok.encode_chat(COPY_MESSAGES), tok.encode_chat(CHAT_MESSAGES[0]),
-               tok.encode(COPY_TEXT * 2), tok.encode_chat(CHAT_MESSAGES[1])]
-    want = _tokens(plain, prompts)
+    prompts = [tok.encode_chat(COPY_MESSAGES), tok.encode_chat(CHAT_MESSAGES[0]), tok.encode(COPY_TEXT)]
+    want = _plain_tokens(plain, prompts)
     llm = spec.engine
     got: dict[int, list[int]] = {}
     ids, pending = [], list(prompts)
@@ -115,7 +122,7 @@ def test_session_three_turns_same_as_plain(plain, spec):
             full = tok.encode_chat(history)
             turn = SessionTurn(session_id=sid, sequence_start=i == 0, sequence_end=False)
             prompt = full if i == 0 else tok.encode_chat([{"role": "user", "content": text}])
-            rid = llm.add_request(prompt, SamplingParams(temperature=0, max_tokens=24), session=turn)
+            rid = llm.add_request(prompt, SamplingParams(temperature=0, max_tokens=16), session=turn)
             toks = []
             while rid in llm.requests:
                 for d in llm.step():
@@ -139,12 +146,12 @@ def test_session_three_turns_same_as_plain(plain, spec):
 def test_preemption_recompute_same_tokens(smollm2, plain):
     """A KV pool too small for all requests at once: sequences are preempted and recomputed."""
     tok = plain.tokenizer
-    prompts = [tok.encode_chat(COPY_MESSAGES), tok.encode(COPY_TEXT), tok.encode_chat(CHAT_MESSAGES[2]),
-               tok.encode(COPY_TEXT + COPY_TEXT[:40])]
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    want = _tokens(plain, prompts, params)
-    small = make_engine(smollm2, dtype="float32", num_blocks=30, block_size=16, **SPEC)
-    got = _tokens(small, prompts, params)
+    # three prompts of 3 blocks each are admitted together (9 of 11 blocks); growing by 32 tokens
+    # each, they cannot all stay
+    prompts = [tok.encode(COPY_TEXT), tok.encode_chat(CHAT_MESSAGES[1]), tok.encode(COPY_TEXT[:60] * 2)]
+    want = _plain_tokens(plain, prompts)
+    small = make_engine(smollm2, dtype="float32", num_blocks=12, block_size=16, **SPEC)
+    got = _tokens(small, prompts)
     s = small.stats()
     assert s["preemptions"] > 0, "the pool must be small enough to preempt"
     assert s["spec_decode_num_accepted_tokens"] > 0
@@ -155,7 +162,10 @@ def test_preemption_recompute_same_tokens(smollm2, plain):
 def test_stop_string_inside_accepted_tokens_ends_there(spec, plain):
     tok = spec.tokenizer
     prompt = tok.encode_chat(COPY_MESSAGES)
-    params = SamplingParams(temperature=0, max_tokens=60, stop=["return a - b"])
+    text = tok.decode(_plain_tokens(plain, [prompt])[0])
+    stop = text[len(text) // 2:len(text) // 2 + 5]  # a stop string the plain output reaches mid-way
+    assert stop.strip()
+    params = SamplingParams(temperature=0, max_tokens=32, stop=[stop])
     want = plain.generate([prompt], params)[0].outputs[0]
     got = spec.generate([prompt], params)[0].outputs[0]
     assert got.text == want.text and got.finish_reason == want.finish_reason == "stop"
