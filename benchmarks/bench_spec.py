@@ -5,6 +5,7 @@ order alternating).
     python benchmarks/bench_spec.py                      # copy c=1, chat c=1, chat c=32
     python benchmarks/bench_spec.py --repeats 3 --output-len 128 --sweep 4,8,16
     python benchmarks/bench_spec.py --json out.json
+    python benchmarks/bench_spec.py --kernel-threads 1   # one thread per kernel call (a loaded machine)
 
 Workloads (greedy, SmolLM2-135M-Instruct, the served defaults: bfloat16 with the small-batch twins):
 - copy: code editing, the output copies spans of the prompt ("rename this function, return the
@@ -104,8 +105,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--sweep", default="", help="comma-separated concurrencies for chat with the switch off")
     ap.add_argument("--skip-c32", action="store_true")
+    ap.add_argument("--kernel-threads", type=int, default=0,
+                    help="threads of lmrs's CPU kernels (lmrs.kernels.cpu.THREADS; 0: all CPUs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    import lmrs.kernels.cpu as cpu_kernels
+
+    cpu_kernels.THREADS = args.kernel_threads
     common = dict(dtype=args.dtype, progress=False, max_num_seqs=64)
     plain = Engine(**common)
     spec = Engine(**common, speculative_method="ngram", num_speculative_tokens=args.k)

@@ -298,6 +298,8 @@ impl Scheduler {
             embed,
             speculate,
             drafts: Vec::new(),
+            spec_skip: 0,
+            spec_backoff: 0,
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: self.arrivals,

@@ -20,6 +20,9 @@ use crate::sequence::{FinishReason, RequestId, Sequence};
 pub const NGRAM_MAX: usize = 3;
 pub const NGRAM_MIN: usize = 1;
 
+/// Longest pause (in decode steps) of a sequence whose drafts keep being rejected.
+pub const MAX_BACKOFF: u16 = 16;
+
 /// Prompt lookup: for n = `n_max` down to `n_min`, find the most recent earlier occurrence of
 /// the last n tokens and propose up to `k` tokens that followed it. Empty when nothing matches.
 pub fn propose_ngram(tokens: &[u32], n_max: usize, n_min: usize, k: usize) -> Vec<u32> {
@@ -74,10 +77,18 @@ impl Scheduler {
     /// The drafts of running sequence `slot` for this step, at most `budget` tokens: n-gram
     /// lookup, cut so the accepted tokens plus the bonus cannot pass max_new_tokens or
     /// session_len. Stored in the sequence (for the plan and the update); returns their count.
+    /// After a step whose drafts were all rejected the sequence pauses (`spec_skip` steps,
+    /// doubling up to `MAX_BACKOFF` while rejections continue, reset by an accepted draft).
     pub(crate) fn draft_for(&mut self, slot: usize, budget: usize) -> usize {
         let k_cfg = self.cfg.num_speculative_tokens;
         let s = self.seqs.at_mut(slot);
         s.drafts.clear();
+        if s.spec_skip > 0 {
+            // Its last drafts were all wrong: decode plainly for a while (text that does not
+            // repeat itself should not pay K extra query tokens a step).
+            s.spec_skip -= 1;
+            return 0;
+        }
         let left_new = (s.stop.max_new_tokens as usize).saturating_sub(s.num_generated());
         let left_len = (s.stop.session_len as usize).saturating_sub(s.tokens.len());
         let k = k_cfg
@@ -142,6 +153,12 @@ impl Scheduler {
         s.publish_full_blocks(&mut self.kv);
         if row.drafts > 0 {
             s.trim_blocks_to_computed(&mut self.kv);
+            if tokens.len() == 1 {
+                s.spec_backoff = (s.spec_backoff * 2).clamp(1, MAX_BACKOFF);
+                s.spec_skip = s.spec_backoff;
+            } else {
+                s.spec_backoff = 0;
+            }
             self.counters.spec_verified_rows += 1;
             self.counters.spec_draft_tokens += row.drafts as u64;
             self.counters.spec_accepted_tokens += (tokens.len() - 1) as u64;

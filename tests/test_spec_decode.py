@@ -15,7 +15,8 @@ COPY_MESSAGES = [{"role": "user", "content": "Rewrite this code exactly, adding 
 CHAT_MESSAGES = [[{"role": "user", "content": "What is the capital of France?"}],
                  [{"role": "user", "content": "Write a haiku about the sea."}],
                  [{"role": "user", "content": "List three colours."}]]
-SPEC = dict(speculative_method="ngram", num_speculative_tokens=4)
+# the per-step switch off (0): these tests verify drafts of several rows in one step
+SPEC = dict(speculative_method="ngram", num_speculative_tokens=4, spec_max_decode_rows=0)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_stop_string_inside_accepted_tokens_ends_there(spec, plain):
 
 
 def test_speculation_off_above_the_decode_row_threshold(smollm2):
-    eng = make_engine(smollm2, dtype="float32", spec_max_decode_rows=2, **SPEC)
+    eng = make_engine(smollm2, dtype="float32", **{**SPEC, "spec_max_decode_rows": 2})
     tok = eng.tokenizer
     prompts = [tok.encode_chat(COPY_MESSAGES)] * 3
     eng.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
