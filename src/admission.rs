@@ -293,6 +293,7 @@ impl Scheduler {
             start,
             take,
             sample: start + take == s.num_tokens() && samples,
+            drafts: 0,
         }
     }
 }

@@ -191,7 +191,13 @@ impl Scheduler {
             }
             for t in a..b {
                 let pos = plan.positions[t] as usize;
-                if pos >= s.tokens.len() || plan.input_ids[t] as u32 != s.tokens[pos] {
+                let known = s.tokens.len();
+                let want_token = if pos < known {
+                    s.tokens.get(pos).copied()
+                } else {
+                    s.drafts.get(pos - known).copied() // a draft verified by this row
+                };
+                if want_token != Some(plan.input_ids[t] as u32) {
                     return Err(format!(
                         "row {r} token {t} does not match the sequence at position {pos}"
                     ));

@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod seq_table;
 pub mod sequence;
 pub mod session;
+pub mod spec_decode;
 pub mod update_step;
 
 #[cfg(test)]

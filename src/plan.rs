@@ -15,6 +15,8 @@ pub struct Row {
     pub take: usize,
     /// Whether this row's last token is sampled (it completes the sequence's known tokens).
     pub sample: bool,
+    /// Draft tokens verified by this row (its last `drafts` query tokens; `Sequence::drafts`).
+    pub drafts: usize,
 }
 
 /// Everything the runner needs for one forward pass. Every field is read by the Python model
@@ -45,8 +47,15 @@ pub struct StepPlan {
     pub max_seq_len: usize,
     /// Row index of each sampled row (a prefill chunk that does not finish its prompt samples nothing).
     pub sample_rows: Vec<i32>,
-    /// Index into input tokens of each sampled row's last token: the logits to compute.
+    /// Index into input tokens of each sampled row's last token: the logits to compute. A row
+    /// verifying K drafts has K+1 entries (its last K+1 tokens), so with speculation this holds
+    /// `sample_rows.len() + num_draft_tokens` entries, each row's in order.
     pub logits_indices: Vec<i32>,
+    /// Per sampled row: draft tokens it verifies (0 for a plain row). Its drafts are its last
+    /// `num_drafts` input tokens.
+    pub num_drafts: Vec<i32>,
+    /// Draft tokens in the plan (the sum of `num_drafts`).
+    pub num_draft_tokens: usize,
     /// Per sampled row: sampling parameters (see `SamplingParams`).
     pub temperature: Vec<f32>,
     pub top_p: Vec<f32>,
@@ -114,6 +123,7 @@ impl StepPlan {
         let n_sampled = rows.iter().filter(|r| r.sample).count();
         p.sample_rows.reserve_exact(n_sampled);
         p.logits_indices.reserve_exact(n_sampled);
+        p.num_drafts.reserve_exact(n_sampled);
         p.temperature.reserve_exact(n_sampled);
         p.top_p.reserve_exact(n_sampled);
         p.top_k.reserve_exact(n_sampled);
@@ -140,8 +150,14 @@ impl StepPlan {
             let s = seq_of(r.slot);
             p.req_ids.push(r.id);
             let end = r.start + r.take;
+            let known = s.tokens.len();
             for pos in r.start..end {
-                p.input_ids.push(s.tokens[pos] as i32);
+                let t = if pos < known {
+                    s.tokens[pos]
+                } else {
+                    s.drafts[pos - known]
+                };
+                p.input_ids.push(t as i32);
                 p.positions.push(pos as i32);
                 let blk = s.blocks[pos >> shift] as usize;
                 p.slot_mapping.push(((blk << shift) | (pos & mask)) as i32);
@@ -166,7 +182,10 @@ impl StepPlan {
             if r.sample {
                 let k = p.sample_rows.len() as i32;
                 p.sample_rows.push(ri as i32);
-                p.logits_indices.push(p.input_ids.len() as i32 - 1);
+                let last = p.input_ids.len() as i32 - 1;
+                p.logits_indices.extend(last - r.drafts as i32..=last);
+                p.num_drafts.push(r.drafts as i32);
+                p.num_draft_tokens += r.drafts;
                 let sp = &s.sampling;
                 p.temperature.push(sp.temperature);
                 p.top_p.push(sp.top_p);
@@ -218,10 +237,15 @@ pub struct UpdateResult {
 
 impl UpdateResult {
     pub fn push(&mut self, s: &Sequence, token: i32, reason: u8) {
+        self.push_at(s, token, reason, s.num_generated());
+    }
+
+    /// `push` with the request's generated count at this event (one of several tokens of a step).
+    pub fn push_at(&mut self, s: &Sequence, token: i32, reason: u8, num_generated: usize) {
         self.req_ids.push(s.id);
         self.new_tokens.push(token);
         self.finish_reasons.push(reason);
-        self.num_generated.push(s.num_generated() as i32);
+        self.num_generated.push(num_generated as i32);
         self.num_context_tokens.push(s.num_context_tokens as i32);
         self.num_cached_tokens.push(s.num_cached_tokens as i32);
     }

@@ -148,7 +148,7 @@ array_getters!(PyStepPlan, plan, {
     top_k: i32, min_p: f32, repetition_penalty: f32, presence_penalty: f32,
     frequency_penalty: f32, seeds: i64, logprobs: i32, num_generated: i32, min_tokens: i32,
     history_rows: i32, history_offsets: i32, history_ids: i32, history_context_lens: i32,
-    pool_rows: i32, preempted_ids: u64, finished_ids: u64,
+    pool_rows: i32, preempted_ids: u64, finished_ids: u64, num_drafts: i32,
 });
 
 #[pymethods]
@@ -191,6 +191,10 @@ impl PyStepPlan {
     #[getter]
     fn num_prefill_tokens(&self) -> usize {
         self.plan.num_prefill_tokens
+    }
+    #[getter]
+    fn num_draft_tokens(&self) -> usize {
+        self.plan.num_draft_tokens
     }
     #[getter]
     fn num_decode_tokens(&self) -> usize {
@@ -258,7 +262,7 @@ impl Core {
     #[pyo3(signature = (num_blocks, *, vocab_size, block_size=16, max_num_seqs=256,
         max_num_batched_tokens=2048, max_embed_tokens_with_decodes=0, eos_token_ids=vec![],
         max_model_len=8192, enable_prefix_caching=true, max_sessions=0,
-        session_idle_timeout_s=0.0))]
+        session_idle_timeout_s=0.0, num_speculative_tokens=0, spec_max_decode_rows=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_blocks: usize,
@@ -272,6 +276,8 @@ impl Core {
         enable_prefix_caching: bool,
         max_sessions: usize,
         session_idle_timeout_s: f64,
+        num_speculative_tokens: usize,
+        spec_max_decode_rows: usize,
     ) -> PyResult<Self> {
         let cfg = CoreConfig {
             num_blocks,
@@ -285,6 +291,8 @@ impl Core {
             max_model_len,
             max_sessions,
             session_idle_timeout_s,
+            num_speculative_tokens,
+            spec_max_decode_rows,
         };
         Ok(Core {
             inner: Scheduler::new(cfg).map_err(value_err)?,
@@ -303,7 +311,7 @@ impl Core {
         stop_token_ids=vec![], ignore_eos=false, session_len=0, temperature=0.0, top_p=1.0,
         top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
         seed=None, logprobs=None, session_id=None, sequence_start=true, sequence_end=false,
-        continuation_ids=None, eos_prefix_len=0, owner=None, embed=false))]
+        continuation_ids=None, eos_prefix_len=0, owner=None, embed=false, speculate=true))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
@@ -330,6 +338,7 @@ impl Core {
         eos_prefix_len: usize,
         owner: Option<String>,
         embed: bool,
+        speculate: bool,
     ) -> PyResult<()> {
         let prompt = to_u32_ids(extract_ids(prompt_ids, "prompt_ids")?, "prompt_ids")?;
         let stop_ids = to_u32_ids(stop_token_ids, "stop_token_ids")?;
@@ -384,6 +393,7 @@ impl Core {
             stop,
             turn,
             embed,
+            speculate,
         };
         self.inner.add_request(req).map_err(|e| match e {
             AddError::Invalid(m) => value_err(m),
@@ -400,11 +410,25 @@ impl Core {
         Ok(PyStepPlan { plan })
     }
 
-    /// Apply the sampled ids (one per sampled row of the last plan, in order).
-    fn update(&mut self, py: Python<'_>, sampled: &Bound<'_, PyAny>) -> PyResult<PyUpdateResult> {
+    /// Apply the sampled ids (one per sampled row of the last plan, in order). With drafts in
+    /// the plan, `counts[j]` ids belong to sampled row j: its accepted drafts, then the
+    /// runner's own token (one event per token).
+    #[pyo3(signature = (sampled, counts=None))]
+    fn update(
+        &mut self,
+        py: Python<'_>,
+        sampled: &Bound<'_, PyAny>,
+        counts: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyUpdateResult> {
         let ids = extract_ids(sampled, "sampled")?;
+        let counts = match counts {
+            Some(c) => extract_ids(c, "counts")?,
+            None => Vec::new(),
+        };
         let inner = &mut self.inner;
-        let res = py.detach(|| inner.update(&ids)).map_err(value_err)?;
+        let res = py
+            .detach(|| inner.update_verified(&ids, &counts))
+            .map_err(value_err)?;
         Ok(PyUpdateResult { res })
     }
 
@@ -425,8 +449,14 @@ impl Core {
             .map_err(PyKeyError::new_err)
     }
 
-    /// Finish a request because Python found one of its stop strings.
-    fn finish(&mut self, request_id: u64) -> PyResult<()> {
+    /// Finish a request because Python found one of its stop strings. `num_generated`: the
+    /// output tokens to keep (a step that appended several tokens past the stop drops the
+    /// rest, so a session's history ends at the stop); None keeps them all.
+    #[pyo3(signature = (request_id, num_generated=None))]
+    fn finish(&mut self, request_id: u64, num_generated: Option<usize>) -> PyResult<()> {
+        if let Some(n) = num_generated {
+            self.inner.truncate_generated(request_id, n);
+        }
         self.inner
             .abort(request_id, FinishReason::StopString)
             .map_err(PyKeyError::new_err)
@@ -488,6 +518,9 @@ impl Core {
         d.set_item("prefix_cache_evictions", s.kv.num_cache_evictions())?;
         d.set_item("preemptions", c.preemptions)?;
         d.set_item("requests_added", c.requests_added)?;
+        d.set_item("spec_decode_num_drafts", c.spec_verified_rows)?;
+        d.set_item("spec_decode_num_draft_tokens", c.spec_draft_tokens)?;
+        d.set_item("spec_decode_num_accepted_tokens", c.spec_accepted_tokens)?;
         for r in FinishReason::ALL {
             d.set_item(format!("finished_{}", r.label()), c.finished[r as usize])?;
         }

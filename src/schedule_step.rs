@@ -66,6 +66,7 @@ impl Scheduler {
     ) -> bool {
         let bs = self.cfg.block_size;
         let mut preempted = false;
+        let spec_on = self.speculation_on();
         let mut i = 0;
         while i < self.running.len() && *budget > 0 {
             let slot = self.running[i];
@@ -82,8 +83,23 @@ impl Scheduler {
                 }
             }
             let sample = computed + take == s.num_tokens() && s.stop.max_new_tokens > 0;
-            let total = Sequence::blocks_for(computed + take, bs);
+            let mut drafts = 0;
+            if spec_on && take == 1 && sample && *budget > 1 && self.may_speculate(s) {
+                drafts = self.draft_for(slot, *budget - 1);
+            }
+            let s = self.seqs.at(slot);
             let have = s.blocks.len();
+            if drafts > 0 {
+                // The drafts' positions take blocks only when they are free (never preempt or
+                // drop a session's pin for a guess).
+                let total = Sequence::blocks_for(computed + take + drafts, bs);
+                if total > have && total - have > self.kv.num_free() {
+                    self.seqs.at_mut(slot).drafts.clear();
+                    drafts = 0;
+                }
+            }
+            let take = take + drafts;
+            let total = Sequence::blocks_for(computed + take, bs);
             if total > have {
                 // Not the fast path of most decode steps: the tokens need more blocks.
                 if total > self.kv.num_usable() {
@@ -115,6 +131,7 @@ impl Scheduler {
                 start: computed,
                 take,
                 sample,
+                drafts,
             });
             *budget -= take;
             if embed {

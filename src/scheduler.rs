@@ -40,6 +40,10 @@ pub struct CoreConfig {
     pub max_sessions: usize,
     /// Idle sessions are dropped after this many seconds (0 = never).
     pub session_idle_timeout_s: f64,
+    /// Speculative decoding: most draft tokens verified per decode row and step (0 = off).
+    pub num_speculative_tokens: usize,
+    /// Speculation is off in a step with more running sequences than this (0 = no limit).
+    pub spec_max_decode_rows: usize,
 }
 
 /// Cumulative counters (never reset), reported by `stats()`.
@@ -57,6 +61,10 @@ pub struct Counters {
     pub session_hit_tokens: u64,
     pub preemptions: u64,
     pub requests_added: u64,
+    /// Speculative decoding: rows verified, draft tokens proposed, drafts accepted.
+    pub spec_verified_rows: u64,
+    pub spec_draft_tokens: u64,
+    pub spec_accepted_tokens: u64,
     /// Finished requests by reason (index = FinishReason value).
     pub finished: [u64; 7],
 }
@@ -191,6 +199,7 @@ impl Scheduler {
             stop,
             turn,
             embed: false,
+            speculate: true,
         })
         .map_err(|e| e.to_string())
     }
@@ -205,6 +214,7 @@ impl Scheduler {
             mut stop,
             turn,
             embed,
+            speculate,
         } = req;
         let invalid = |m: String| Err(AddError::Invalid(m));
         if self.seqs.contains_key(&id) {
@@ -286,6 +296,10 @@ impl Scheduler {
             merged: session.is_none(),
             turn: turn_prompt,
             embed,
+            speculate,
+            drafts: Vec::new(),
+            spec_skip: 0,
+            spec_backoff: 0,
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: self.arrivals,
@@ -493,6 +507,9 @@ pub struct NewRequest {
     pub stop: StopParams,
     pub turn: Option<SessionTurn>,
     pub embed: bool,
+    /// The runner can verify drafts for it (false for grammar-constrained or logit-biased
+    /// requests, whose masks apply to one position a step).
+    pub speculate: bool,
 }
 
 /// Why `add_request` refused a request (nothing changed).

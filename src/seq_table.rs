@@ -68,6 +68,10 @@ impl SeqTable {
         self.slots.get_mut(slot)?.as_mut().filter(|s| s.id == id)
     }
 
+    pub fn at_if_ref(&self, slot: usize, id: RequestId) -> Option<&Sequence> {
+        self.slots.get(slot)?.as_ref().filter(|s| s.id == id)
+    }
+
     pub fn contains_key(&self, id: &RequestId) -> bool {
         self.index.contains_key(id)
     }

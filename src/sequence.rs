@@ -214,6 +214,14 @@ pub struct Sequence {
     /// An embedding request: prefill only, every token computed (no prefix-cache reuse), the
     /// final hidden states of its rows pooled by the runner.
     pub embed: bool,
+    /// May speculate (the runner can verify drafts for it; see `spec_decode.rs`).
+    pub speculate: bool,
+    /// Draft tokens of the step in flight (empty otherwise); never part of `tokens`.
+    pub drafts: Vec<u32>,
+    /// Decode steps to run without drafts after drafts were all rejected, and the length of
+    /// the next such pause (doubling while drafts keep failing; see `spec_decode.rs`).
+    pub spec_skip: u16,
+    pub spec_backoff: u16,
     /// Context tokens found in the prefix cache or the session at admission (not recomputed).
     pub num_cached_tokens: usize,
     pub num_preemptions: u32,
@@ -349,6 +357,10 @@ mod tests {
             merged: true,
             turn: TurnPrompt::default(),
             embed: false,
+            speculate: true,
+            drafts: vec![],
+            spec_skip: 0,
+            spec_backoff: 0,
             num_cached_tokens: 0,
             num_preemptions: 0,
             arrival: 0,

@@ -4,6 +4,7 @@
 mod proptests;
 mod scenarios;
 mod sessions;
+mod spec;
 
 use crate::plan::{StepPlan, UpdateResult};
 use crate::scheduler::{CoreConfig, Scheduler};
@@ -30,6 +31,8 @@ pub(crate) fn config(
         max_model_len: 4096,
         max_sessions: 0,
         session_idle_timeout_s: 0.0,
+        num_speculative_tokens: 0,
+        spec_max_decode_rows: 0,
     }
 }
 

@@ -73,6 +73,12 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "seed", type=int, default=None, help="seed of the sampler for unseeded requests")
     add_flag(p, "num-threads", type=int, default=None, help="torch CPU threads")
     add_flag(p, "enforce-eager", action="store_true", help="CUDA: run every step eagerly (no CUDA graphs)")
+    add_flag(p, "speculative-method", default=None, choices=["ngram", "draft"],
+             help="speculative decoding: ngram (prompt lookup, no extra model); draft (a smaller model) is not built yet")
+    add_flag(p, "num-speculative-tokens", type=int, default=4, help="drafts verified per decode row and step")
+    add_flag(p, "speculative-model", default=None, help="the draft model of --speculative-method draft")
+    add_flag(p, "spec-max-decode-rows", type=int, default=1,
+             help="speculation is off in a step with more running sequences than this (0: never off)")
     add_flag(p, "tool-call-parser", default=None, choices=["hermes", "llama3_json", "mistral"],
              help="the model's tool-call format (default: detected from the chat template)")
     add_flag(p, "grammar-compile-timeout", type=float, default=10.0,
@@ -98,7 +104,9 @@ def configs_from_args(args):
         session_idle_timeout_s=args.session_idle_timeout, seed=args.seed, tp=args.tp,
         progress=not args.no_progress, quantize=args.quantize, gguf_weights=args.gguf_weights,
         num_threads=args.num_threads,
-        cuda_graphs=not args.enforce_eager)
+        cuda_graphs=not args.enforce_eager, speculative_method=args.speculative_method,
+        num_speculative_tokens=args.num_speculative_tokens, speculative_model=args.speculative_model,
+        spec_max_decode_rows=args.spec_max_decode_rows)
     settings = ServerSettings(
         host=args.server_name, port=args.server_port, model_name=args.model_name or _default_name(args.model),
         api_keys=list(args.api_keys or []), max_body_bytes=args.max_body_bytes,

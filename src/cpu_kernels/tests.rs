@@ -198,11 +198,28 @@ fn tanh_is_accurate_over_the_range() {
 }
 
 /// Plain f64 attention of one query at `pos` over keys `lo..=pos` (k/v: [len][D] of one head).
-fn naive_attention(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], pos: usize, window: usize, scale: f64, cap: f64) -> Vec<f64> {
-    let lo = if window > 0 { (pos + 1).saturating_sub(window) } else { 0 };
+fn naive_attention(
+    q: &[f32],
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+    pos: usize,
+    window: usize,
+    scale: f64,
+    cap: f64,
+) -> Vec<f64> {
+    let lo = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
     let s: Vec<f64> = (lo..=pos)
         .map(|j| {
-            let dot: f64 = q.iter().zip(&k[j]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
+            let dot: f64 = q
+                .iter()
+                .zip(&k[j])
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+                * scale;
             if cap > 0.0 {
                 cap * (dot / cap).tanh()
             } else {
@@ -215,7 +232,13 @@ fn naive_attention(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], pos: usize, window
     let l: f64 = p.iter().sum();
     let d = q.len();
     (0..d)
-        .map(|i| (lo..=pos).zip(&p).map(|(j, pj)| pj * v[j][i] as f64).sum::<f64>() / l)
+        .map(|i| {
+            (lo..=pos)
+                .zip(&p)
+                .map(|(j, pj)| pj * v[j][i] as f64)
+                .sum::<f64>()
+                / l
+        })
         .collect()
 }
 
@@ -239,11 +262,22 @@ fn attention_with_window_and_soft_cap_matches_scalar_math() {
     };
     let qsl = [0i32, 1, 38];
     let seq_lens = [lens[0] as i32, lens[1] as i32];
-    for &(window, cap) in &[(0usize, 0.0f32), (50, 0.0), (7, 30.0), (1, 0.0), (500, 50.0), (33, 0.0)] {
+    for &(window, cap) in &[
+        (0usize, 0.0f32),
+        (50, 0.0),
+        (7, 30.0),
+        (1, 0.0),
+        (500, 50.0),
+        (33, 0.0),
+    ] {
         let mut bt = vec![0i32; 2 * max_blocks];
         for row in 0..2 {
             let ctx = lens[row] - qlens[row];
-            let first = if window > 0 { (ctx + 1).saturating_sub(window) / bs } else { 0 };
+            let first = if window > 0 {
+                (ctx + 1).saturating_sub(window) / bs
+            } else {
+                0
+            };
             for blk in 0..max_blocks {
                 bt[row * max_blocks + blk] = if blk < first {
                     i32::MAX // outside the cache: reading it would be out of bounds
@@ -320,7 +354,11 @@ fn partial_rotary_rotates_the_leading_dims_and_copies_the_rest() {
             for h in 0..heads {
                 let x = &mut want[(t * heads + h) * d..(t * heads + h + 1) * d];
                 for i in 0..r / 2 {
-                    let (i1, i2) = if neox { (i, i + r / 2) } else { (2 * i, 2 * i + 1) };
+                    let (i1, i2) = if neox {
+                        (i, i + r / 2)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
                     let (x1, x2) = (x[i1], x[i2]);
                     let (c, s) = (cs[i], cs[r / 2 + i]);
                     x[i1] = x1 * c - x2 * s;
@@ -371,8 +409,14 @@ fn partial_rotary_rotates_the_leading_dims_and_copies_the_rest() {
             unsafe { rotary_embedding(&a) }.unwrap();
             for t in 0..tokens {
                 let row = slots[t] as usize * heads * d;
-                assert_eq!(&kc[row..row + heads * d], &want[t * heads * d..(t + 1) * heads * d]);
-                assert_eq!(&vc[row..row + heads * d], &v[t * heads * d..(t + 1) * heads * d]);
+                assert_eq!(
+                    &kc[row..row + heads * d],
+                    &want[t * heads * d..(t + 1) * heads * d]
+                );
+                assert_eq!(
+                    &vc[row..row + heads * d],
+                    &v[t * heads * d..(t + 1) * heads * d]
+                );
             }
             a.rotary_dim = d + 2;
             assert!(unsafe { rotary_embedding(&a) }.is_err());

@@ -73,11 +73,13 @@ fn cfg() -> impl Strategy<Value = CoreConfig> {
             1usize..6,
         ),
         (any::<bool>(), 6usize..64, 0usize..3, 0usize..6),
+        (0usize..4, 0usize..3),
     )
         .prop_map(
             |(
                 (num_blocks, block_size, budget, max_seqs),
                 (caching, max_len, max_sessions, embed_cap),
+                (spec_k, spec_rows),
             )| {
                 CoreConfig {
                     num_blocks,
@@ -91,6 +93,8 @@ fn cfg() -> impl Strategy<Value = CoreConfig> {
                     max_model_len: max_len,
                     max_sessions,
                     session_idle_timeout_s: 0.0,
+                    num_speculative_tokens: spec_k,
+                    spec_max_decode_rows: spec_rows,
                 }
             },
         )
@@ -125,12 +129,26 @@ fn step(s: &mut Scheduler) {
     for &r in &plan.pool_rows {
         assert!(s.sequence(plan.req_ids[r as usize]).unwrap().embed);
     }
-    let samples: Vec<i64> = plan
-        .logits_indices
-        .iter()
-        .map(|&i| fake(plan.input_ids[i as usize], plan.positions[i as usize]))
-        .collect();
-    let res = s.update(&samples).unwrap();
+    // Greedy verification of drafts against the fake model (a plain row has one position).
+    let (mut samples, mut counts) = (Vec::new(), Vec::new());
+    let mut li = 0usize;
+    for &nd in &plan.num_drafts {
+        let idx = &plan.logits_indices[li..li + nd as usize + 1];
+        li += idx.len();
+        let mut c = 0;
+        for (i, &at) in idx.iter().enumerate() {
+            let at = at as usize;
+            let target = fake(plan.input_ids[at], plan.positions[at]);
+            let draft = idx.get(i + 1).map(|&n| plan.input_ids[n as usize] as i64);
+            samples.push(target);
+            c += 1;
+            if draft != Some(target) {
+                break;
+            }
+        }
+        counts.push(c);
+    }
+    let res = s.update_verified(&samples, &counts).unwrap();
     for (i, &r) in res.finish_reasons.iter().enumerate() {
         if r == FinishReason::Error as u8 {
             assert!(res.errors.iter().any(|(id, _)| *id == res.req_ids[i]));
@@ -173,7 +191,7 @@ proptest! {
                         owner,
                     });
                     let r = s.add_request(NewRequest {
-                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn, embed: false,
+                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn, embed: false, speculate: true,
                     });
                     if session.is_none() && prompt.is_empty() && max_new > 0 {
                         prop_assert!(matches!(r, Err(AddError::Invalid(_))));
@@ -188,7 +206,7 @@ proptest! {
                 Op::Embed(prompt) => {
                     let stop = StopParams { max_new_tokens: 0, ..Default::default() };
                     let r = s.add_request(NewRequest {
-                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn: None, embed: true,
+                        id: next_id, prompt: prompt.clone(), sampling: SamplingParams::default(), stop, turn: None, embed: true, speculate: false,
                     });
                     prop_assert_eq!(r.is_ok(), !prompt.is_empty());
                     next_id += 1;

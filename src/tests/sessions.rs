@@ -31,6 +31,7 @@ fn turn(
             owner: owner.map(str::to_owned),
         }),
         embed: false,
+        speculate: true,
     }
 }
 
@@ -254,6 +255,7 @@ fn embeddings_are_chunked_prefills_without_cache_reuse() {
         stop: stop(0),
         turn: None,
         embed: true,
+        speculate: false,
     };
     s.add_request(embed(2)).unwrap();
     let mut pooled_tokens = 0;
@@ -302,6 +304,7 @@ fn embeddings_take_a_share_of_a_step_that_also_decodes() {
         stop: stop(0),
         turn: None,
         embed: true,
+        speculate: false,
     };
     // Alone, an embedding uses the whole budget.
     s.add_request(embed(1, 24)).unwrap();

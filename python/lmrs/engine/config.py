@@ -33,6 +33,19 @@ class EngineConfig:
     quantize: str = "auto"  # weight-only quantization for small batches on the CPU: auto | none | int8
     num_threads: int | None = None  # torch CPU threads (default: all cores)
     cuda_graphs: bool = True  # on CUDA: replay captured graphs for decode steps (False: always eager)
+    # speculative decoding: None (off) or "ngram" (prompt lookup: drafts copied from the sequence's
+    # own earlier tokens); "draft" (a smaller model, `speculative_model`) is not built yet
+    speculative_method: str | None = None
+    num_speculative_tokens: int = 4  # drafts verified per decode row and step (with a method)
+    speculative_model: str | None = None  # the draft model of method "draft"
+    # speculation is off in a step with more running sequences than this (0: never off). On the
+    # CPU a step of more than 8 query tokens leaves the streaming (memory-bound) matmul kernels,
+    # so with K = 4 only one row's drafts pay (docs/benchmarks.md, speculative decoding)
+    spec_max_decode_rows: int = 1
+
+    def core_num_speculative_tokens(self) -> int:
+        """Drafts per decode row the core proposes (0: speculation off)."""
+        return self.num_speculative_tokens if self.speculative_method else 0
 
     def embed_tokens_with_decodes(self) -> int:
         """The embedding share of a step that also decodes (0: no separate limit)."""
@@ -63,5 +76,17 @@ class EngineConfig:
             raise ValueError(f"num_blocks must be at least 2, got {self.num_blocks}")
         if not 0 < self.cache_max_entry_count <= 1:
             raise ValueError(f"cache_max_entry_count must be in (0, 1], got {self.cache_max_entry_count}")
+        if self.speculative_method not in (None, "ngram", "draft"):
+            raise ValueError(f"speculative_method must be 'ngram' or 'draft', got {self.speculative_method!r}")
+        if self.speculative_method == "draft":
+            raise ValueError("speculative_method 'draft' (a draft model) is not implemented yet; use 'ngram'")
+        if self.speculative_model is not None and self.speculative_method != "draft":
+            raise ValueError("speculative_model is only used with speculative_method 'draft'")
+        k = self.num_speculative_tokens
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 16:
+            raise ValueError(f"num_speculative_tokens must be an integer in [1, 16], got {k!r}")
+        r = self.spec_max_decode_rows
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ValueError(f"spec_max_decode_rows must be a non-negative integer, got {r!r}")
         if self.quantize not in ("auto", "none", "int8"):
             raise ValueError(f"quantize must be auto, none or int8, got {self.quantize!r}")

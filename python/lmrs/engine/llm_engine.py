@@ -183,7 +183,7 @@ class LLMEngine:
                 if self.faults:
                     self.faults.before_step(self.num_model_steps)
             out = self.runner.execute(plan, masks=masks)
-            res = self.core.update(out.sampled)
+            res = self.core.update(out.sampled, out.counts)
         except Exception as exc:  # noqa: BLE001 - classified: fail the step, or the process
             if masks is not None:
                 _join_quietly(masks)
@@ -235,7 +235,7 @@ class LLMEngine:
             return deltas
         errors = dict(res.errors) if len(res.errors) else {}
         sample_index = None
-        for rid, tok, reason, _ngen, nctx, ncached in events:
+        for rid, tok, reason, ngen, nctx, ncached in events:
             st = self.requests.get(rid)
             if st is None:
                 continue  # aborted by the caller meanwhile
@@ -261,7 +261,12 @@ class LLMEngine:
                         new_lp = [entry]
             if st.detok is not None and st.detok.stopped_by is not None:
                 if reason is None:
-                    self.core.finish(rid)  # a stop string ended it: free now, keep the session's history
+                    # a stop string ended it: free now, keep the session's history up to this token
+                    # (a speculative step may have appended more after it)
+                    try:
+                        self.core.finish(rid, ngen)
+                    except KeyError:
+                        pass  # a later token of the same step already ended it in the core
                     reason = FinishReason.STOP_STRING
             if reason is not None and st.detok is not None:
                 text += st.detok.flush()
@@ -301,6 +306,10 @@ class LLMEngine:
         s["requests_tracked"] = len(self.requests)
         s["last_step_ms"] = round(self.last_step_time * 1000, 3)
         s["failed_steps"] = self.num_failed_steps
+        drafts, rows = s.get("spec_decode_num_draft_tokens", 0), s.get("spec_decode_num_drafts", 0)
+        accepted = s.get("spec_decode_num_accepted_tokens", 0)
+        s["spec_decode_acceptance_rate"] = round(accepted / drafts, 4) if drafts else 0.0
+        s["spec_decode_accepted_tokens_per_step"] = round((accepted + rows) / rows, 4) if rows else 0.0
         return s
 
 

@@ -165,6 +165,8 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         enable_prefix_caching=cfg.enable_prefix_caching,
         max_sessions=cfg.max_sessions,
         session_idle_timeout_s=cfg.session_idle_timeout_s,
+        num_speculative_tokens=cfg.core_num_speculative_tokens(),
+        spec_max_decode_rows=cfg.spec_max_decode_rows,
     )
     return EngineParts(loaded, stack.model, runner, core, max_model_len, session_len, stack.dtype)
 

@@ -49,8 +49,13 @@ class EngineRequest:
     def core_kwargs(self) -> dict:
         """Keyword arguments of `Core.add` (after the request id and prompt)."""
         kw = self.params.core_kwargs()
-        kw.update(session_len=self.session_len, embed=self.embed)
         t = self.session
+        # Drafts are verified only for rows the runner can check several positions of at once:
+        # not under a grammar or a logit_bias (applied to one position a step). A session turn
+        # with stop strings does not speculate either: a stop string found before the last token
+        # of a step whose later token ended the request could not trim the session's history.
+        speculate = self.grammar is None and not self.params.logit_bias and not (t is not None and self.params.stop)
+        kw.update(session_len=self.session_len, embed=self.embed, speculate=speculate)
         if t is not None:
             kw.update(session_id=t.session_id, sequence_start=t.sequence_start, sequence_end=t.sequence_end,
                       eos_prefix_len=t.eos_prefix_len, owner=t.owner)

@@ -17,6 +17,7 @@ from lmrs.models.attention_metadata import AttentionMetadata
 from lmrs.runner.kv_cache import KVCache
 from lmrs.runner.plan_view import PlanView
 from lmrs.runner.sampler import Sampler, SampleOutput
+from lmrs.runner.spec_verify import verify_drafts
 from lmrs.structured.masks import apply_token_bitmask_
 
 
@@ -28,6 +29,8 @@ class StepOutput:
     sample: SampleOutput | None  # logprobs, when asked
     hidden: torch.Tensor | None = None  # final hidden states [T, H] (only when asked)
     pooled: np.ndarray | None = None  # float32 [P, H]: per pool row, the sum of its tokens' final hidden states
+    # with drafts in the plan: tokens per sampled row (`sampled` then holds them all, in order)
+    counts: np.ndarray | None = None
 
 
 class ModelRunner:
@@ -78,6 +81,10 @@ class ModelRunner:
         kept = hidden if return_hidden else None
         if logits is None:
             return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
+        if plan.num_draft_tokens:
+            sample, tokens, counts = verify_drafts(logits, plan, lambda first: self._sample(first, plan, masks),
+                                                   self.sampler.generator)
+            return StepOutput(tokens, sample, kept, pooled, counts=counts)
         sample = self._sample(logits, plan, masks)
         return StepOutput(sample.token_ids, sample, kept, pooled)
 

@@ -156,29 +156,8 @@ class Sampler:
                     lg -= float(freq[row]) * counts + float(pres[row]) * (counts > 0).to(lg.dtype)
 
     def _sample_random(self, logits: torch.Tensor, plan, rows: np.ndarray) -> torch.Tensor:
-        temps = torch.from_numpy(plan.temperature[rows]).unsqueeze(1)
-        logits = logits / temps
-        top_k = plan.top_k[rows]
-        vocab = logits.shape[1]
-        if bool(((top_k > 0) & (top_k < vocab)).any()):
-            k = torch.from_numpy(np.where((top_k > 0) & (top_k < vocab), top_k, vocab)).long()
-            kmax = int(k.max())
-            top_vals = logits.topk(kmax, dim=-1).values  # sorted descending
-            kth = top_vals.gather(1, (k - 1).clamp(max=kmax - 1).unsqueeze(1))
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        top_p = plan.top_p[rows]
-        if bool((top_p < 1.0).any()):
-            sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
-            cum = sorted_p.cumsum(dim=-1)
-            tp = torch.from_numpy(top_p).unsqueeze(1)
-            drop_sorted = (cum - sorted_p) >= tp  # keep the smallest prefix whose mass reaches top_p
-            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_i, drop_sorted)
-            probs = probs.masked_fill(drop, 0.0)
-        min_p = plan.min_p[rows]
-        if bool((min_p > 0).any()):
-            mp = torch.from_numpy(min_p).unsqueeze(1)
-            probs = probs.masked_fill(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0)
+        probs = self.processed_probs(logits, plan.temperature[rows], plan.top_k[rows], plan.top_p[rows],
+                                     plan.min_p[rows])
         noise = torch.empty_like(probs)
         seeds = plan.seeds[rows]
         steps = plan.num_generated[rows]
@@ -190,3 +169,31 @@ class Sampler:
             g = _row_generator(int(seeds[j]), int(steps[j]))
             noise[j] = torch.empty(probs.shape[1]).exponential_(generator=g)
         return (probs / noise).argmax(dim=-1)
+
+    @staticmethod
+    def processed_probs(logits: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
+                        min_p: np.ndarray) -> torch.Tensor:
+        """The distribution a random row draws from: softmax(logits / temperature) restricted by
+        top-k, top-p and min-p (not renormalised: a draw divides by exponential noise, and
+        speculative verification renormalises itself). One row of parameters per logits row."""
+        temps = torch.from_numpy(np.ascontiguousarray(temperature)).unsqueeze(1)
+        logits = logits / temps
+        vocab = logits.shape[1]
+        if bool(((top_k > 0) & (top_k < vocab)).any()):
+            k = torch.from_numpy(np.where((top_k > 0) & (top_k < vocab), top_k, vocab)).long()
+            kmax = int(k.max())
+            top_vals = logits.topk(kmax, dim=-1).values  # sorted descending
+            kth = top_vals.gather(1, (k - 1).clamp(max=kmax - 1).unsqueeze(1))
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if bool((top_p < 1.0).any()):
+            sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
+            cum = sorted_p.cumsum(dim=-1)
+            tp = torch.from_numpy(np.ascontiguousarray(top_p)).unsqueeze(1)
+            drop_sorted = (cum - sorted_p) >= tp  # keep the smallest prefix whose mass reaches top_p
+            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_i, drop_sorted)
+            probs = probs.masked_fill(drop, 0.0)
+        if bool((min_p > 0).any()):
+            mp = torch.from_numpy(np.ascontiguousarray(min_p)).unsqueeze(1)
+            probs = probs.masked_fill(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0)
+        return probs

@@ -51,6 +51,17 @@ class EngineCollector:
         yield counter("vllm:prompt_tokens", "Prompt tokens computed (prefill work done).", s.get("prompt_tokens_computed", 0))
         yield counter("vllm:generation_tokens", "Tokens generated.", s.get("generation_tokens", 0))
         yield counter("vllm:num_preemptions", "Sequences preempted (by recompute).", s.get("preemptions", 0))
+        drafts = s.get("spec_decode_num_draft_tokens", 0)
+        accepted = s.get("spec_decode_num_accepted_tokens", 0)
+        rows = s.get("spec_decode_num_drafts", 0)
+        yield counter("vllm:spec_decode_num_drafts", "Decode rows that verified drafts.", rows)
+        yield counter("vllm:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.", drafts)
+        yield counter("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", accepted)
+        yield gauge("lmrs:spec_decode_acceptance_rate", "Accepted / proposed draft tokens (0 before any).",
+                    accepted / drafts if drafts else 0.0)
+        yield gauge("lmrs:spec_decode_accepted_tokens_per_step",
+                    "Tokens a verifying row gains per step (accepted drafts + its own token; 0 before any).",
+                    (accepted + rows) / rows if rows else 0.0)
         yield gauge("lmrs:sessions_alive", "Interactive sessions kept by the engine.", s.get("sessions", 0))
         yield counter("lmrs:session_hit_tokens", "Context tokens reused from sessions' pinned KV blocks.", s.get("session_hit_tokens", 0))
         blocks = GaugeMetricFamily("lmrs:kv_blocks", "KV blocks by state (free includes cached).", labels=names + ["state"])
