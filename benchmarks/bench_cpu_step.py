@@ -42,7 +42,7 @@ def decode_step_ms(engine, prompts, steps: int = 24) -> float:
     le = engine.engine
     for p in prompts:
         le.add_request(p, SamplingParams(temperature=0, max_tokens=steps + 8, ignore_eos=True))
-    while any(st.first_token_time is None for st in le.requests.values()):
+    while any(not st.output_ids for st in le.requests.values()):
         le.step()  # prefill
     times = []
     for _ in range(steps):
