@@ -136,3 +136,21 @@ def test_tp_that_does_not_fit_the_heads_is_refused(tmp_path):
     folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
     with pytest.raises(Exception, match="multiple of the KV heads|query heads"):
         Engine(folder, dtype="float32", tp=3, num_blocks=8, progress=False)
+
+
+def test_closing_an_engine_releases_its_rank_resources(tmp_path):
+    """Start-up pipes, the processes' sentinels and the groups' sockets are let go by close() (they
+    once stayed open, ~19 descriptors per engine, until the interpreter exited)."""
+    from lmrs.models.testing import make_tiny_model
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    counts = []
+    for _ in range(3):
+        with Engine(folder, dtype="float32", tp=2, num_blocks=8, progress=False) as engine:
+            assert engine.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))[0].token_ids
+        counts.append(open_fds())
+    assert counts[2] <= counts[1], counts  # (the first engine may open process-wide things once)
