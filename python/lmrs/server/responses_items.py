@@ -22,7 +22,7 @@ from lmrs.server.errors import APIError
 from lmrs.tools import ToolCall, ToolParser
 
 if TYPE_CHECKING:
-    from lmrs.server.protocol import ResponsesRequest
+    from lmrs.server.protocol_responses import ResponsesRequest
 
 __all__ = ["input_messages", "check_call_outputs", "output_items", "message_item", "function_call_item",
            "assistant_message", "new_item_id"]

@@ -27,7 +27,7 @@ from lmrs.server.streaming import dumps, start_sse
 from lmrs.tools import ToolStreamDelta
 
 if TYPE_CHECKING:
-    from lmrs.server.protocol import ResponsesRequest
+    from lmrs.server.protocol_responses import ResponsesRequest
     from lmrs.server.requests import RequestGroup
     from lmrs.tools import ToolCallStream, ToolParser
 
