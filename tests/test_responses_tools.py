@@ -127,6 +127,8 @@ BAD = [
     ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "5"}]}, "input"),
     ({"input": [{"type": "function_call", "name": "add", "arguments": "{}"}]}, "input.0.call_id"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input.0"),
+    ({"input": [{"type": {}, "call_id": "0", "output": ""}]}, "input.0"),  # once a 500 (schemathesis)
+    ({"input": [{"type": ["function_call"], "call_id": "0", "output": ""}]}, "input.0"),
 ]
 
 

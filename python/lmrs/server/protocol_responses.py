@@ -61,6 +61,8 @@ def _item_tag(item) -> str:
     """Which item model validates an input item (the tags start upper-case, so error locations
     leave them out: `input.0.call_id`, not `input.0.FunctionCall.call_id`)."""
     kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
+    if not isinstance(kind, str):  # not a type name: the message model says so (400 naming input.N.type)
+        return "Message"
     return {"function_call": "FunctionCall", "function_call_output": "FunctionCallOutput"}.get(kind, "Message")
 
 
