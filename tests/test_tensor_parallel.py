@@ -21,6 +21,7 @@ import torch
 
 from lmrs import Engine, SamplingParams
 from lmrs.engine.request import SessionTurn
+from lmrs.engine.llm_engine import DeviceFailure
 from lmrs.parallel.ranks import RankStartError
 from lmrs.parallel.sharding import head_shard
 
@@ -174,3 +175,5 @@ def test_closing_an_engine_releases_its_rank_resources(tmp_path):
             assert engine.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))[0].token_ids
         counts.append(open_fds())
     assert counts[2] <= counts[1], counts  # (the first engine may open process-wide things once)
+    with pytest.raises(DeviceFailure, match="RankFailure: .*engine was closed"):  # a closed engine says so
+        engine.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))

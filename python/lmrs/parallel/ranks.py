@@ -144,9 +144,11 @@ class RankGroup:
 
     # ---- per step ---------------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise RankFailure when a rank has died."""
+        """Raise RankFailure when a rank has died, or the group was closed."""
         if self.failure is not None:
             raise RankFailure(self.failure)
+        if self.closed:
+            raise RankFailure("the tensor-parallel ranks were stopped (the engine was closed)")
 
     def send_step(self, plan, return_hidden: bool = False) -> None:
         """Broadcast a plan to the workers (one message, plus its payload when it does not fit)."""
