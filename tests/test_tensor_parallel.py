@@ -177,3 +177,42 @@ def test_closing_an_engine_releases_its_rank_resources(tmp_path):
     assert counts[2] <= counts[1], counts  # (the first engine may open process-wide things once)
     with pytest.raises(DeviceFailure, match="RankFailure: .*engine was closed"):  # a closed engine says so
         engine.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))
+
+
+RANK0_SCRIPT = """
+import sys, time
+from lmrs import Engine
+if __name__ == "__main__":
+    engine = Engine(sys.argv[1], dtype="float32", tp=2, num_blocks=8, progress=False)
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_rank_exits_when_rank_0_is_killed(tmp_path):
+    """SIGKILL leaves rank 0 no chance to stop its workers: each notices its parent is gone and exits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lmrs.models.testing import make_tiny_model
+    from proc_table import alive
+
+    folder = str(make_tiny_model(tmp_path / "m", heads=4, kv_heads=2))
+    script = tmp_path / "rank0.py"
+    script.write_text(RANK0_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        workers = rank_children(proc.pid)
+        assert len(workers) == 1, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(workers[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(workers[0]), "the worker rank outlived rank 0"
+    finally:
+        proc.kill()
+        proc.wait()
