@@ -20,13 +20,14 @@ import torch
 import torch.distributed as dist
 
 
-def generate_throughput(tp: int, dtype: str, batch: int, tokens: int) -> tuple[float, float]:
+def generate_throughput(tp: int, dtype: str, batch: int, tokens: int, threads: int | None = None) -> tuple[float, float]:
     from lmrs import Engine, SamplingParams
     from lmrs.models.loader import default_model_path
 
     prompts = [f"Tell me a story about the number {i}." for i in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-    with Engine(default_model_path(), dtype=dtype, tp=tp, kv_cache_memory="256MiB", progress=False) as e:
+    with Engine(default_model_path(), dtype=dtype, tp=tp, kv_cache_memory="256MiB", progress=False,
+                num_threads=threads) as e:
         e.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm up
         t0 = time.perf_counter()
         e.generate(prompts, params)
@@ -86,9 +87,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     a = ap.parse_args()
     print(f"cores: {os.cpu_count()}, dtype {a.dtype}, batch {a.batch}, {a.tokens} tokens each")
-    for tp in (1, 2):
-        tps, dt = generate_throughput(tp, a.dtype, a.batch, a.tokens)
-        print(f"tp={tp}: {tps:.1f} generated tokens/s ({dt:.2f} s)")
+    # tp=1 with the default threads (all cores), tp=1 with one thread (what each tp=2 rank gets), tp=2
+    for tp, threads in ((1, None), (1, 1), (2, None)):
+        tps, dt = generate_throughput(tp, a.dtype, a.batch, a.tokens, threads)
+        label = f"tp={tp}" + (f", {threads} thread" if threads else "")
+        print(f"{label}: {tps:.1f} generated tokens/s ({dt:.2f} s)")
     bcast, ar, per_step = collective_times(576, a.batch, 30)
     print(f"plan broadcast (64 KiB): {bcast * 1e6:.0f} us/step; all-reduce [{a.batch}, 576] float32: "
           f"{ar * 1e6:.0f} us each, x{per_step} per step = {ar * per_step * 1e3:.2f} ms/step")

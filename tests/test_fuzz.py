@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lmrs.engine.params import InvalidParameter, SamplingParams
-from lmrs.server import protocol
+from lmrs.server import protocol, protocol_responses
 from lmrs.server.errors import describe_validation_error
 from server_utils import ServerProcess
 
@@ -33,7 +33,7 @@ FIELDS = {
                                      "stream_options", "max_tokens", "logprobs", "top_logprobs", "seed", "session_id"],
     protocol.CompletionRequest: ["prompt", "max_tokens", "echo", "suffix", "logprobs", "n", "stop", "temperature"],
     protocol.EmbeddingRequest: ["input", "model", "encoding_format"],
-    protocol.ResponsesRequest: ["input", "instructions", "previous_response_id", "max_output_tokens", "store",
+    protocol_responses.ResponsesRequest: ["input", "instructions", "previous_response_id", "max_output_tokens", "store",
                                 "stream", "text", "tools", "temperature"],
     protocol.TokenizeRequest: ["prompt", "messages", "add_generation_prompt", "add_special_tokens"],
     protocol.DetokenizeRequest: ["tokens", "model"],

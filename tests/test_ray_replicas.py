@@ -144,11 +144,20 @@ def test_sessions_stick_to_one_replica_and_match_a_single_server(ray_url, single
 def test_streams_pass_through_and_stateless_requests_spread(ray_url):
     from openai import OpenAI
 
+    streamed = 32
+    start = time.monotonic()
     with requests.post(ray_url + "/generate", stream=True, timeout=300, json={
-            "prompt": "Count to ten.", "request_output_len": MAX_TOKENS, "temperature": 0, "stream": True}) as r:
+            "prompt": "Count to ten.", "request_output_len": streamed, "temperature": 0, "stream": True,
+            "ignore_eos": True}) as r:
         assert r.status_code == 200 and r.headers.get("x-lmrs-replica")
-        lines = [json.loads(line) for line in r.iter_lines() if line]
-    assert len(lines) >= 2 and lines[-1]["finish_reason"] == "length" and lines[-1]["tokens"] == MAX_TOKENS
+        lines, arrived = [], []
+        for line in r.iter_lines():
+            if line:
+                lines.append(json.loads(line))
+                arrived.append(time.monotonic())
+    assert len(lines) >= 2 and lines[-1]["finish_reason"] == "length" and lines[-1]["tokens"] == streamed
+    # the lines came as they were generated, not all at once at the end (a buffering hop would do that)
+    assert arrived[-1] - arrived[0] > 0.25 * (arrived[-1] - start), (start, arrived)
 
     client = OpenAI(base_url=ray_url + "/v1", api_key="none", timeout=300)
     stream = client.chat.completions.create(model="SmolLM2-135M-Instruct", stream=True, max_tokens=MAX_TOKENS,

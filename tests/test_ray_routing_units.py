@@ -124,3 +124,19 @@ def test_lmrs_serve_ray_refuses_zero_replicas_before_starting_ray(capsys):
 
     assert main(["serve", "ray", "--replicas", "0"]) == 2
     assert "--replicas" in capsys.readouterr().err
+
+
+def test_serve_ray_with_a_missing_model_exits_2_before_starting_ray(capsys, monkeypatch):
+    """The model is checked as `lmrs serve api_server` checks it, before any Ray process starts (it used
+    to start Ray, deploy, and end in a traceback when every replica failed to load)."""
+    pytest.importorskip("ray", reason="Ray Serve is in the test extra")
+    import ray
+
+    from lmrs.cli import main as cli_main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a model that does not exist")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    assert cli_main(["serve", "ray", "/no/such/model.gguf", "--replicas", "1"]) == 2
+    assert "lmrs serve ray: model '/no/such/model.gguf' not found" in capsys.readouterr().err

@@ -127,6 +127,8 @@ BAD = [
     ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "5"}]}, "input"),
     ({"input": [{"type": "function_call", "name": "add", "arguments": "{}"}]}, "input.0.call_id"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input.0"),
+    ({"input": [{"type": {}, "call_id": "0", "output": ""}]}, "input.0"),  # once a 500 (schemathesis)
+    ({"input": [{"type": ["function_call"], "call_id": "0", "output": ""}]}, "input.0"),
 ]
 
 
@@ -136,3 +138,24 @@ def test_bad_tool_requests_answer_400_naming_the_field(server, extra, field):
     r = requests.post(server.url + "/v1/responses", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert field + ":" in r.json()["message"], r.json()["message"]
+
+
+def test_a_call_cut_off_by_max_output_tokens_is_an_incomplete_item(client):
+    """The token limit ends the reply inside the call's arguments: the response is incomplete and so is
+    its function_call item (its arguments are not whole JSON), streamed or not."""
+    kw = dict(model="smol", input=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+              temperature=0, max_output_tokens=36, store=False)  # the whole call takes 48
+    plain = client.responses.create(**kw)
+    with client.responses.stream(**kw) as stream:
+        events = list(stream)
+    # (the SDK's get_final_response() wants response.completed; an incomplete one ends response.incomplete)
+    [streamed] = [e.response for e in events if e.type == "response.incomplete"]
+    for r in (plain, streamed):
+        assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens", r
+        [call] = [o for o in r.output if o.type == "function_call"]
+        assert call.status == "incomplete", call
+        with pytest.raises(ValueError):
+            json.loads(call.arguments)
+    done = [e for e in events if e.type == "response.output_item.done"]
+    assert done[-1].item.status == "incomplete"
+    assert streamed.output[-1].arguments == plain.output[-1].arguments

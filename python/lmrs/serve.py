@@ -198,11 +198,9 @@ async def run_server(engine_cfg, settings, *, engine_factory=None) -> int:
     return code
 
 
-def main(argv=None, prog: str = "python -m lmrs.serve") -> int:
-    args = build_parser(prog).parse_args(argv)
-    from lmrs.logging_setup import setup_logging
-
-    setup_logging(args.log_level, args.log_format)
+def checked_configs(args, prog: str = "lmrs"):
+    """(EngineConfig, ServerSettings) of parsed flags, or None after saying on stderr why not (a model
+    that is not found, a bad flag): the checks both `api_server` and `ray` run before starting anything."""
     if args.model is None:
         from lmrs.models.errors import ModelNotFoundError
         from lmrs.models.loader import default_model_path
@@ -210,8 +208,8 @@ def main(argv=None, prog: str = "python -m lmrs.serve") -> int:
         try:
             default_model_path()
         except ModelNotFoundError as e:
-            print(f"lmrs: {e}", file=sys.stderr)
-            return 2
+            print(f"{prog}: {e}", file=sys.stderr)
+            return None
     else:
         from lmrs.models.errors import ModelLoadError
         from lmrs.models.hub import resolve_model
@@ -219,19 +217,30 @@ def main(argv=None, prog: str = "python -m lmrs.serve") -> int:
         try:
             found = resolve_model(args.model)
         except ModelLoadError as e:
-            print(f"lmrs: {e}", file=sys.stderr)
-            return 2
+            print(f"{prog}: {e}", file=sys.stderr)
+            return None
         if found is None:
-            print(f"lmrs: model {args.model!r} not found (give a Hugging Face folder, a .gguf file or the id of a "
+            print(f"{prog}: model {args.model!r} not found (give a Hugging Face folder, a .gguf file or the id of a "
                   "model in the Hugging Face cache)", file=sys.stderr)
-            return 2
+            return None
     try:
         engine_cfg, settings = configs_from_args(args)
         engine_cfg.validate()
     except ValueError as e:
-        print(f"lmrs: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+    return engine_cfg, settings
+
+
+def main(argv=None, prog: str = "python -m lmrs.serve") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from lmrs.logging_setup import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    configs = checked_configs(args)
+    if configs is None:
         return 2
-    return asyncio.run(run_server(engine_cfg, settings))
+    return asyncio.run(run_server(*configs))
 
 
 if __name__ == "__main__":

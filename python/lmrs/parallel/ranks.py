@@ -136,14 +136,19 @@ class RankGroup:
         except BaseException:
             _stop(procs)
             raise
+        finally:
+            for conn in conns:  # the start-up status pipes are done with either way
+                conn.close()
         log.info("tensor parallel: %d ranks on %s (%s)", size, cfg.device, "nccl" if device0 != "cpu" else "gloo")
         return cls(cfg, procs, context, control)
 
     # ---- per step ---------------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise RankFailure when a rank has died."""
+        """Raise RankFailure when a rank has died, or the group was closed."""
         if self.failure is not None:
             raise RankFailure(self.failure)
+        if self.closed:
+            raise RankFailure("the tensor-parallel ranks were stopped (the engine was closed)")
 
     def send_step(self, plan, return_hidden: bool = False) -> None:
         """Broadcast a plan to the workers (one message, plus its payload when it does not fit)."""
@@ -165,8 +170,11 @@ class RankGroup:
     # ---- liveness and shutdown --------------------------------------------------------------------
     def _watch(self) -> None:
         sentinels = {p.sentinel: r for r, p in enumerate(self.procs, start=1)}
-        done = multiprocessing.connection.wait(list(sentinels))
-        if self.closed:
+        try:
+            done = multiprocessing.connection.wait(list(sentinels))
+        except (OSError, ValueError):  # close() released the sentinels under the wait
+            done = []
+        if self.closed or not done:
             return
         r = sentinels[done[0]]
         self.procs[r - 1].join(1.0)
@@ -191,6 +199,11 @@ class RankGroup:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001
                 pass
+        # Let go of what holds file descriptors (the groups' sockets, the processes' sentinels), also for
+        # an engine closed long before the interpreter exits (atexit would keep this object alive).
+        atexit.unregister(self.close)
+        self.control = None
+        self.context = ParallelContext(self.context.rank, self.context.size, None)
 
 
 def _wait_started(procs, conns) -> None:
@@ -236,4 +249,6 @@ def _stop(procs, grace_s: float = 2.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(1.0)
+        if not p.is_alive():
+            p.close()  # its sentinel and pipe
 

@@ -110,13 +110,21 @@ class LmrsIngress:
             return await self._fan_out(path_qs, path, headers)
         key = route_key_of(request.method, path, body)
         stream = self.engine.options(stream=True).forward.remote(key, request.method, path_qs, headers, body)
-        head = await stream.__anext__()
+        try:
+            head = await stream.__anext__()
+        except Exception as e:  # noqa: BLE001 - a replica that died or failed before answering
+            log.warning("%s %s: the engine replica failed before answering: %s: %s", request.method, path,
+                        type(e).__name__, e)
+            return _error(503, f"the engine replica failed before answering ({type(e).__name__}); retry")
         return StreamingResponse(_rest(stream), status_code=head["status"], headers=dict(head["headers"]))
 
     async def _replica_names(self, headers) -> list[str]:
         router = ROUTERS.get(ENGINE_DEPLOYMENT)
         if router is None or not router.curr_replicas:  # no call made yet: one brings the router up
-            await self.engine.fetch.remote(RouteKey(), "GET", "/health", headers, b"")
+            try:
+                await self.engine.fetch.remote(RouteKey(), "GET", "/health", headers, b"")
+            except Exception as e:  # noqa: BLE001 - no replica answers: the fan-out reports none
+                log.warning("no engine replica answered: %s: %s", type(e).__name__, e)
             router = ROUTERS.get(ENGINE_DEPLOYMENT)
         return router.replica_names() if router is not None else []
 

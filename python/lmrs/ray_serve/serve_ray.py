@@ -42,14 +42,12 @@ def main(argv=None) -> int:
     except ImportError:
         print("lmrs serve ray: Ray Serve is not installed (pip install 'lmrs[ray]')", file=sys.stderr)
         return 2
-    from lmrs.serve import configs_from_args
+    from lmrs.serve import checked_configs
 
-    try:
-        engine_cfg, settings = configs_from_args(args)
-        engine_cfg.validate()
-    except ValueError as e:
-        print(f"lmrs serve ray: {e}", file=sys.stderr)
+    configs = checked_configs(args, "lmrs serve ray")  # before Ray starts: a missing model is a clear exit 2
+    if configs is None:
         return 2
+    engine_cfg, settings = configs
     if args.num_threads is None:  # a replica's torch threads: the CPUs Ray reserves for it
         engine_cfg.num_threads = max(1, int(args.num_cpus_per_replica))
     gpus = args.num_gpus_per_replica

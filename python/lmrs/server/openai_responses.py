@@ -27,7 +27,8 @@ from lmrs.engine.request import EngineRequest, SessionTurn
 from lmrs.server.chat_request import ChatTranslation, prepare_chat
 from lmrs.server.errors import APIError, parse_request
 from lmrs.server.openai_common import DEFAULT_CHAT_MAX_TOKENS, collect_choices, now, sampling_params
-from lmrs.server.protocol import ChatCompletionRequest, ResponsesRequest
+from lmrs.server.protocol import ChatCompletionRequest
+from lmrs.server.protocol_responses import ResponsesRequest
 from lmrs.server.response_store import ResponseStore, StoredResponse
 from lmrs.server.responses_items import assistant_message, check_call_outputs, input_messages
 from lmrs.server.responses_stream import ResponseEvents

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from lmrs import __version__
 from lmrs.server import protocol as p
+from lmrs.server import protocol_responses as pr
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
@@ -54,14 +55,14 @@ ROUTES = [
           p.EmbeddingRequest, p.EmbeddingResponse, tag="openai"),
     # ---- Responses API and tokenizer routes
     Route("post", "/v1/responses", "Create a response (OpenAI Responses API) on a server-side session",
-          p.ResponsesRequest, p.ResponseObject, ("text/event-stream", p.ResponseStreamEvent), "openai",
+          pr.ResponsesRequest, pr.ResponseObject, ("text/event-stream", pr.ResponseStreamEvent), "openai",
           "`previous_response_id` continues the session holding that response's KV cache: the follow-up prefills "
           "only its new input. A follow-up to a response its session has moved past (a branch) starts a new "
           "session from the stored conversation. Stream: Server-Sent Events `event: <type>` / `data: {event}`."),
-    Route("get", "/v1/responses/{response_id}", "A stored response (only its API key's)", None, p.ResponseObject,
+    Route("get", "/v1/responses/{response_id}", "A stored response (only its API key's)", None, pr.ResponseObject,
           tag="openai", path_params=("response_id",)),
     Route("delete", "/v1/responses/{response_id}", "Delete a stored response and end the session it holds",
-          None, p.ResponseDeleted, tag="openai", path_params=("response_id",)),
+          None, pr.ResponseDeleted, tag="openai", path_params=("response_id",)),
     Route("post", "/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", p.TokenizeRequest,
           p.TokenizeResponse, tag="lmrs"),
     Route("post", "/detokenize", "Text of token ids (vLLM's shape)", p.DetokenizeRequest, p.DetokenizeResponse,

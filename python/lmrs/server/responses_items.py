@@ -22,7 +22,7 @@ from lmrs.server.errors import APIError
 from lmrs.tools import ToolCall, ToolParser
 
 if TYPE_CHECKING:
-    from lmrs.server.protocol import ResponsesRequest
+    from lmrs.server.protocol_responses import ResponsesRequest
 
 __all__ = ["input_messages", "check_call_outputs", "output_items", "message_item", "function_call_item",
            "assistant_message", "new_item_id"]
@@ -82,14 +82,17 @@ def function_call_item(item_id: str, call: ToolCall, status: str) -> dict:
 
 def output_items(text: str, parser: ToolParser | None, tool_names: list[str], message_id: str,
                  status: str) -> list[dict]:
-    """A whole reply's output items (`status`: the message item's, completed or incomplete)."""
+    """A whole reply's output items. `status` (completed or incomplete) is the last item's: a token
+    limit cuts off only what was generated last (a call's arguments, then, are not whole JSON)."""
     if parser is None:
         return [message_item(message_id, text, status)]
     parsed = parser.parse(text, tool_names)
     if not parsed.tool_calls:
         return [message_item(message_id, parsed.content or "", status)]
-    items = [message_item(message_id, parsed.content, status)] if parsed.content else []
-    return items + [function_call_item(new_item_id("fc"), c, "completed") for c in parsed.tool_calls]
+    items = [message_item(message_id, parsed.content, "completed")] if parsed.content else []
+    last = len(parsed.tool_calls) - 1
+    return items + [function_call_item(new_item_id("fc"), c, status if i == last else "completed")
+                    for i, c in enumerate(parsed.tool_calls)]
 
 
 def assistant_message(items: list[dict]) -> dict:

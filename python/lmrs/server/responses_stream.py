@@ -27,7 +27,7 @@ from lmrs.server.streaming import dumps, start_sse
 from lmrs.tools import ToolStreamDelta
 
 if TYPE_CHECKING:
-    from lmrs.server.protocol import ResponsesRequest
+    from lmrs.server.protocol_responses import ResponsesRequest
     from lmrs.server.requests import RequestGroup
     from lmrs.tools import ToolCallStream, ToolParser
 
@@ -136,7 +136,7 @@ class ResponseEvents:
             await self.send("response.output_text.done", text=item["content"][0]["text"], logprobs=[], **where)
             await self.send("response.content_part.done", part=item["content"][0], **where)
         else:
-            item = function_call_item(item_id, self._open["call"], "completed")
+            item = function_call_item(item_id, self._open["call"], status)
             await self.send("response.function_call_arguments.done", arguments=item["arguments"], name=item["name"],
                             item_id=item_id, output_index=index)
         self.items[index] = item
