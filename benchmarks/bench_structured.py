@@ -163,7 +163,7 @@ async def stall(client: Client, streams: int, max_tokens: int = 160, window: flo
             "tool_call_valid": big["finish"] == "tool_calls"}
 
 
-async def validity(client: Client, count: int, conc: int) -> dict:
+async def validity(client: Client, count: int, conc: int, schemas=None) -> dict:
     sem = asyncio.Semaphore(conc)
     results = {}
 
@@ -173,13 +173,17 @@ async def validity(client: Client, count: int, conc: int) -> dict:
                                    "response_format": schema_format(schema)})
         try:
             jsonschema.validate(json.loads(o["text"]), schema)
-            return True
-        except (ValueError, jsonschema.ValidationError):
-            return False
+            return None
+        except (ValueError, jsonschema.ValidationError) as e:
+            return {"seed": i, "finish_reason": o["finish"], "tokens": o["tokens"], "text": o["text"],
+                    "error": str(e).splitlines()[0][:200]}
 
-    for name, schema in VALIDITY_SCHEMAS.items():
-        ok = await asyncio.gather(*(one(schema, i) for i in range(count)))
-        results[name] = {"valid": sum(ok), "total": count}
+    for name in schemas or VALIDITY_SCHEMAS:
+        schema = VALIDITY_SCHEMAS[name]
+        bad = [f for f in await asyncio.gather(*(one(schema, i) for i in range(count))) if f is not None]
+        # an invalid output is reported with its finish reason: "length" is an output cut off by max_tokens
+        results[name] = {"valid": count - len(bad), "total": count,
+                         "cut_off": sum(f["finish_reason"] == "length" for f in bad), "invalid": bad[:5]}
     return results
 
 
@@ -216,9 +220,10 @@ async def _rest(client: Client, args, res: dict, parts: set) -> dict:
               f"before (added {s['added_ms']:.0f} ms); the request took {s['tool_request_s']:.1f} s, valid call: "
               f"{s['tool_call_valid']}", flush=True)
     if "validity" in parts:
-        v = await validity(client, args.count or (20 if args.quick else 200), 16)
+        v = await validity(client, args.count or (20 if args.quick else 200), 16, args.schemas)
         res["validity"] = v
-        print("validity: " + ", ".join(f"{k} {x['valid']}/{x['total']}" for k, x in v.items()), flush=True)
+        print("validity: " + ", ".join(f"{k} {x['valid']}/{x['total']} ({x['cut_off']} cut off by max_tokens)"
+                                       for k, x in v.items()), flush=True)
     return res
 
 
@@ -232,6 +237,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--parts", nargs="+", default=["throughput", "ttft", "stall", "validity"],
                     choices=["throughput", "ttft", "stall", "validity"], help="what to measure")
+    ap.add_argument("--schemas", nargs="+", default=None, choices=list(VALIDITY_SCHEMAS),
+                    help="validity: only these schemas")
     args = ap.parse_args(argv)
     srv = None
     if args.base_url is None:
