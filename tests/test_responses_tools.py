@@ -159,3 +159,19 @@ def test_a_call_cut_off_by_max_output_tokens_is_an_incomplete_item(client):
     done = [e for e in events if e.type == "response.output_item.done"]
     assert done[-1].item.status == "incomplete"
     assert streamed.output[-1].arguments == plain.output[-1].arguments
+
+
+def test_follow_ups_to_a_cut_off_call(server, client):
+    """A call cut off by max_output_tokens is no call of the conversation: answering it is a 400 naming
+    `input` (not a stored message the client never sent), and a plain follow-up continues."""
+    r = client.responses.create(model="smol", input=ASK, tools=TOOLS, tool_choice="required",
+                                parallel_tool_calls=False, temperature=0, max_output_tokens=36)
+    [call] = [o for o in r.output if o.type == "function_call"]
+    assert call.status == "incomplete"
+    answer = requests.post(server.url + "/v1/responses", timeout=120, json={
+        "model": "smol", "previous_response_id": r.id, "tools": TOOLS, "max_output_tokens": 4,
+        "input": [{"type": "function_call_output", "call_id": call.call_id, "output": "5"}]})
+    assert answer.status_code == 400 and answer.json()["message"].startswith("input:"), answer.text
+    plain = client.responses.create(model="smol", previous_response_id=r.id, tools=TOOLS, temperature=0,
+                                    input="Never mind.", max_output_tokens=4)
+    assert plain.status in ("completed", "incomplete") and plain.output

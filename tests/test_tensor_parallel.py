@@ -157,6 +157,9 @@ def test_tp_that_does_not_fit_the_heads_is_refused(tmp_path):
     with pytest.raises(ValueError, match="multiple of the KV heads"):
         Engine(folder, dtype="float32", tp=3, num_blocks=8, progress=False)
     assert set(rank_children(os.getpid())) <= before, "no rank process is left behind"
+    # the failed start left the process group: this process can still start a tensor-parallel engine
+    with Engine(folder, dtype="float32", tp=2, num_blocks=8, progress=False) as engine:
+        assert engine.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))[0].token_ids
 
 
 def test_closing_an_engine_releases_its_rank_resources(tmp_path):

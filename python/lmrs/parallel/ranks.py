@@ -194,11 +194,14 @@ class RankGroup:
             except Exception:  # noqa: BLE001 - a worker already gone: terminated below
                 pass
         _stop(self.procs, grace_s=5.0)
-        if self.failure is None:
-            try:
+        # Leave the group (the workers are gone now), also after a failure: a group left initialized makes
+        # the process's next tensor-parallel engine fail ("initialize the default process group twice").
+        # NCCL after a failure is left as it is: its teardown may wait on the dead peer.
+        try:
+            if self.failure is None or dist.get_backend() == "gloo":
                 dist.destroy_process_group()
-            except Exception:  # noqa: BLE001
-                pass
+        except Exception:  # noqa: BLE001 - already left
+            pass
         # Let go of what holds file descriptors (the groups' sockets, the processes' sentinels), also for
         # an engine closed long before the interpreter exits (atexit would keep this object alive).
         atexit.unregister(self.close)

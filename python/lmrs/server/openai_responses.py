@@ -179,7 +179,7 @@ def _finish_turn(state: ServerState, store: ResponseStore, plan: TurnPlan, req: 
         store.end_turn(sid, None)
         session_of_record = None
     if outcome.done:
-        items = plan.history + plan.new + [assistant_message(outcome.items)]
+        items = plan.history + plan.new + [assistant_message(outcome.items, outcome.text)]
         rec = StoredResponse(rid, owner, req.instructions, items, session_of_record, events.final_body(outcome),
                              tools=plan.tools)
         for ended in store.put(rec):

@@ -95,8 +95,12 @@ def output_items(text: str, parser: ToolParser | None, tool_names: list[str], me
                     for i, c in enumerate(parsed.tool_calls)]
 
 
-def assistant_message(items: list[dict]) -> dict:
-    """The chat message a reply's output items make (kept in the stored conversation)."""
+def assistant_message(items: list[dict], raw_text: str) -> dict:
+    """The chat message a reply's output items make (kept in the stored conversation). A reply whose call
+    was cut off (an incomplete function_call: its arguments are not JSON) is kept as the text the model
+    wrote: it made no call a function_call_output could answer, and the history still renders."""
+    if any(it["type"] == "function_call" and it["status"] == "incomplete" for it in items):
+        return {"role": "assistant", "content": raw_text}
     text = "".join(part["text"] for it in items if it["type"] == "message" for part in it["content"])
     calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}}
              for it in items if it["type"] == "function_call"]
