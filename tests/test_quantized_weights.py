@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as T
 
 from lmrs import _core
 from lmrs.kernels import cpu
+from lmrs.models import quantized_dense_gemm as dense_gemm
 from lmrs.models.gguf_quantized import llama_qk_row_order, load_gguf_tensors
 from lmrs.models.quantized import QuantizedEmbedding, QuantizedLinear, QuantizedTensor
 
@@ -108,11 +109,14 @@ def test_products_match_the_dequantized_weight(isa, qtype):
             err = (y.double() - want).abs()
             # float32 accumulation (and activations used to >= 16 significant bits)
             assert (err <= 1e-5 * mag + 1e-6).all(), f"{isa} m={m} {x_dtype}: max error {err.max():.3g}"
-        # the result takes the activation dtype by default, rounded once
+        # the result takes the activation dtype by default, rounded once; on AMX machines products of
+        # >= 12 rows dequantize the weight to bfloat16 for oneDNN (quantized_dense_gemm): each weight is
+        # then rounded too (relative error <= 2^-9)
         yb = qt.matmul(x.bfloat16())
         assert yb.dtype == torch.bfloat16
         want, mag = reference(x.bfloat16(), w)
-        assert ((yb.double() - want).abs() <= want.abs() / 128 + 1e-5 * mag + 1e-6).all()
+        weight_rounding = mag * 2.0**-9 if dense_gemm.dense_gemm_pays(m) else 0
+        assert ((yb.double() - want).abs() <= want.abs() / 128 + 1e-5 * mag + 1e-6 + weight_rounding).all()
 
 
 def test_products_with_strided_rows_and_3d_activations():

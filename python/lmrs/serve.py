@@ -187,8 +187,9 @@ async def run_server(engine_cfg, settings, *, engine_factory=None) -> int:
             await asyncio.sleep(0.1)
         if engine.num_unfinished:
             log.warning("grace period over: %d requests still running are cancelled", engine.num_unfinished)
+    stopped_while_loading = not engine.ready.is_set() and engine.error is None  # before shutdown: a snapshot
     await runner.cleanup()
-    if not engine.ready.is_set() and engine.error is None:
+    if stopped_while_loading:
         # Stopped while the model was still loading: nothing to drain, and letting the interpreter
         # tear down under the loading thread (inside PyTorch) aborts with "terminate called ...".
         log.info("stopped before the model finished loading")

@@ -96,10 +96,13 @@ class AsyncEngine:
         return len(self._streams)
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the engine thread: it finishes its step and ends. An engine still loading its model
+        cannot be interrupted (the thread is inside PyTorch): it is not waited for, and the caller
+        should end the process (`os._exit`) rather than tear the interpreter down under it."""
         with self._cv:
             self._stop = True
             self._cv.notify()
-        if self._thread is not None:
+        if self._thread is not None and self.ready.is_set():
             self._thread.join(timeout)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
