@@ -242,3 +242,19 @@ def test_one_validation_and_one_set_of_model_facts(server):
         {"role": "user", "content": "Call f."}, {"role": "assistant", "content": None, "tool_calls": calls},
         {"role": "tool", "content": "42", "tool_call_id": "c1"}, {"role": "user", "content": "And?"}]})
     assert r.status_code == 200, r.text
+
+
+def test_session_ids_beyond_64_bits_are_a_400_and_the_engine_keeps_serving(server):
+    """A session id the core cannot hold (it takes signed 64-bit ids) is refused naming the field; before,
+    it reached the core and stopped the engine (found by tests/test_fuzz.py)."""
+    for sid in (2**63, 2**64 + 5):
+        r = requests.post(server.url + "/generate", json={"prompt": "hi", "session_id": sid, "request_output_len": 2})
+        assert r.status_code == 400 and "session_id" in r.json()["message"], r.text
+        r = requests.post(server.url + "/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": "hi"}], "session_id": sid, "max_tokens": 2})
+        assert r.status_code == 400 and "session_id" in r.json()["message"], r.text
+    r = requests.post(server.url + "/generate", json={"prompt": "hi", "session_id": 2**63 - 1,
+                                                     "request_output_len": 2, "stream": False})
+    assert r.status_code == 200 and r.json()["tokens"] == 2
+    end(server.url, 2**63 - 1)
+    assert requests.get(server.url + "/health").status_code == 200

@@ -14,6 +14,9 @@ from lmrs.engine.model_info import ModelInfo
 from lmrs.engine.params import SamplingParams
 from lmrs.engine.request import EngineRequest, SessionTurn
 
+#: the largest session id the core holds (a signed 64-bit integer)
+MAX_SESSION_ID = 2**63 - 1
+
 
 class InputProcessor:
     def __init__(self, info: ModelInfo):
@@ -48,8 +51,9 @@ class InputProcessor:
             if len(ids) + min(params.max_tokens, 1) > limit:
                 raise PromptTooLong(field, len(ids), limit, generating=params.max_tokens > 0)
         else:
-            if session.session_id < 0:
-                raise InvalidParameter("session_id", f"must be >= 0 for a session turn, got {session.session_id}")
+            if not 0 <= session.session_id <= MAX_SESSION_ID:
+                raise InvalidParameter("session_id", f"must be in [0, {MAX_SESSION_ID}] for a session turn, "
+                                                     f"got {session.session_id}")
             if session.continuation_ids is not None:
                 self.check_token_ids(session.continuation_ids, field)
                 if not 0 <= session.eos_prefix_len <= len(session.continuation_ids):

@@ -103,7 +103,7 @@ class LLMEngine:
             self.core.add(rid, req.prompt_ids, **req.core_kwargs())
         except PermissionError as e:
             raise SessionNotOwned(str(e)) from None
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:  # OverflowError: an id beyond the core's 64-bit integers
             raise InvalidParameter("request", str(e)) from None
         params = req.params
         detok = None

@@ -89,7 +89,7 @@ class GenerateRequest(_StructuredOutput):
 
     prompt: Union[str, list[ChatMessage]] = Field(
         description="The next user turn (wrapped by the chat template) or a whole conversation")
-    session_id: int = Field(-1, ge=-1, validation_alias=AliasChoices("session_id", "instance_id"),
+    session_id: int = Field(-1, ge=-1, le=2**63 - 1, validation_alias=AliasChoices("session_id", "instance_id"),
                             description="The session; -1: a fresh unnamed session for this request alone. "
                                         "`instance_id` is accepted as an alias")
     sequence_start: bool = Field(True, description="Start the session afresh, dropping what it held")
@@ -183,7 +183,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
-    session_id: int = Field(-1, ge=-1, description="lmdeploy extra: keep the conversation on the server")
+    session_id: int = Field(-1, ge=-1, le=2**63 - 1, description="lmdeploy extra: keep the conversation on the server")
     renew_session: bool = Field(False, description="With session_id: drop the session's history first")
     sequence_end: bool = Field(False, description="With session_id: end the session after this reply (with "
                                                   "`messages: []` and `max_tokens: 0`: at once, nothing generated)")
