@@ -11,6 +11,7 @@ pub mod invariants;
 pub mod kv_cache_manager;
 pub mod plan;
 mod py_core;
+mod py_finish_reason;
 mod py_args;
 mod py_gguf_kernels;
 mod py_grammar;

@@ -27,6 +27,7 @@ pub mod gguf_gemm_bf16;
 pub mod gguf_layout;
 pub mod gguf_matmul;
 pub mod gguf_rows;
+pub mod isa_select;
 pub mod logits;
 pub mod norm;
 pub mod parallel;
