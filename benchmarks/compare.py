@@ -336,6 +336,9 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, help="the GGUF both servers load (default: SmolLM2 Q4_1)")
     ap.add_argument("--llama-server", default=None, help="llama-server binary (default: build/cached)")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--lmrs-variant", action="append", default=[], metavar="LABEL=ARGS",
+                    help="also run an lmrs server with extra arguments, e.g. 'dequantize=--gguf-weights dequantize' "
+                         "(named 'lmrs DTYPE LABEL'; repeatable)")
     ap.add_argument("--dtypes", nargs="*", default=["bfloat16"],
                     help="lmrs dtypes to run (float32, the exactness reference, is slow: add it when wanted)")
     ap.add_argument("--repeats", type=int, default=2,
@@ -396,15 +399,18 @@ def main(argv=None) -> int:
     failures = 0
 
     servers = []  # (name, argv builder, is_lmrs)
+    variants = [("", [])] + [(label, shlex.split(extra)) for label, _, extra in
+                             (v.partition("=") for v in args.lmrs_variant)]
     for dtype in args.dtypes:
-        def lmrs_cmd(port, dtype=dtype):
-            return [sys.executable, "-m", "lmrs.serve", args.model, "--server-name", "127.0.0.1", "--server-port",
-                    str(port), "--dtype", dtype, "--kv-cache-memory", args.kv_cache_memory, "--num-threads",
-                    str(args.threads), "--no-progress"]
-        servers.append((f"lmrs {dtype}", lmrs_cmd, True))
-        cmds.append(shlex.join(["python", "-m", "lmrs.serve", "SmolLM2-135M-Instruct.Q4_1.gguf", "--server-name",
-                                "127.0.0.1", "--server-port", "P", "--dtype", dtype, "--kv-cache-memory",
-                                args.kv_cache_memory, "--num-threads", str(args.threads)]))
+        for label, extra in variants:
+            def lmrs_cmd(port, dtype=dtype, extra=extra):
+                return [sys.executable, "-m", "lmrs.serve", args.model, "--server-name", "127.0.0.1",
+                        "--server-port", str(port), "--dtype", dtype, "--kv-cache-memory", args.kv_cache_memory,
+                        "--num-threads", str(args.threads), "--no-progress", *extra]
+            servers.append((f"lmrs {dtype} {label}".rstrip(), lmrs_cmd, True))
+            cmds.append(shlex.join(["python", "-m", "lmrs.serve", "SmolLM2-135M-Instruct.Q4_1.gguf", "--server-name",
+                                    "127.0.0.1", "--server-port", "P", "--dtype", dtype, "--kv-cache-memory",
+                                    args.kv_cache_memory, "--num-threads", str(args.threads), *extra]))
     if llama_bin:
         def llama_cmd(port):
             return [llama_bin, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np),
