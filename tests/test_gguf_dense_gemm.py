@@ -57,6 +57,7 @@ def dequantize_t(w: QuantizedTensor, tile0: int, tile1: int) -> torch.Tensor:
 @pytest.fixture
 def dense_on(monkeypatch):
     monkeypatch.setattr(dense_gemm, "DENSE_GEMM", True)
+    monkeypatch.setattr(dense_gemm, "DENSE_GEMM_MIN_ROWS", dense_gemm.DENSE_GEMM_MIN_ROWS_AMX)
 
 
 @pytest.mark.parametrize("path", ["native", "portable"])
@@ -137,6 +138,11 @@ def test_small_float32_and_float32_output_products_keep_the_kernels(dense_on):
 
 def test_default_follows_the_cpu():
     if os.environ.get("LMRS_GGUF_DENSE_GEMM", "auto") == "auto":
-        assert dense_gemm.DENSE_GEMM == _core.cpu_has_amx_bf16()
+        assert dense_gemm.DENSE_GEMM == (_core.cpu_has_amx_bf16() or _core.cpu_kernels_isa() == "avx512bf16")
+    # the crossover against the panel kernels is per CPU: ~12 rows on AMX tiles, ~128 on AVX512-BF16 alone
+    assert dense_gemm.DENSE_GEMM_MIN_ROWS == (dense_gemm.DENSE_GEMM_MIN_ROWS_AMX if _core.cpu_has_amx_bf16()
+                                              else dense_gemm.DENSE_GEMM_MIN_ROWS_AVX512BF16)
+    assert not dense_gemm.dense_gemm_pays(dense_gemm.DENSE_GEMM_MIN_ROWS - 1)
+    assert dense_gemm.dense_gemm_pays(dense_gemm.DENSE_GEMM_MIN_ROWS) == dense_gemm.DENSE_GEMM
     if dense_gemm.DENSE_GEMM:
         assert not quantized.prefers_float32(dense_gemm.DENSE_GEMM_MIN_ROWS)

@@ -1,7 +1,8 @@
-"""Large bfloat16 products of kept-quantized GGUF weights on AMX CPUs: dequantize + dense GEMM.
+"""Large bfloat16 products of kept-quantized GGUF weights: dequantize + dense GEMM.
 
 Where the CPU has AMX bfloat16 tiles, oneDNN's bfloat16 GEMM beats the quantized panel kernels from ~12 rows
-on, so :func:`matmul` dequantizes chunks of the weight's rows to a transposed bfloat16 scratch
+on (with AVX512-BF16 but no AMX, as on Zen 4, from ~128 rows: ``DENSE_GEMM_MIN_ROWS`` is per CPU), so
+:func:`matmul` dequantizes chunks of the weight's rows to a transposed bfloat16 scratch
 (``src/cpu_kernels/gguf_dequant_bf16.rs``, reused per thread, at most ``DENSE_CHUNK_VALUES``) and runs
 ``torch.mm`` on it. ``QuantizedTensor.matmul`` calls it for bfloat16 activations and outputs when
 :func:`dense_gemm_pays`; no dense copy of a weight outlives a call.
@@ -69,14 +70,28 @@ def _dense_gemm_enabled() -> bool:
         return False
     if env in ("1", "on", "true", "yes"):
         return True
-    return _core.cpu_has_amx_bf16()
+    return _core.cpu_has_amx_bf16() or _core.cpu_kernels_isa() == "avx512bf16"
+
+
+#: rows from which the path pays where the CPU has AMX bfloat16 tiles (oneDNN's GEMM on tiles is 2-5x the
+#: panel kernels from ~12 rows on); measured by benchmarks/bench_quant_dense_gemm.py (docs/benchmarks.md)
+DENSE_GEMM_MIN_ROWS_AMX = 12
+#: ... and on AVX512-BF16 without AMX (Zen 4): oneDNN's avx512_bf16 GEMM is only 1.3-1.6x the `vdpbf16ps`
+#: panel kernel, so the per-call decode of the weight is paid back from ~100-128 rows on (prefill chunks, mixed
+#: prefill + decode steps), while at 16-32 rows (decode batches) the panel kernel is 1.15-2x faster
+DENSE_GEMM_MIN_ROWS_AVX512BF16 = 128
+
+
+def _dense_gemm_min_rows() -> int:
+    return DENSE_GEMM_MIN_ROWS_AMX if _core.cpu_has_amx_bf16() else DENSE_GEMM_MIN_ROWS_AVX512BF16
 
 
 #: rows from which bfloat16 products of kept-quantized weights dequantize chunks of the weight and run
-#: torch's bfloat16 GEMM (see :func:`dense_gemm_pays`); measured by benchmarks/bench_quant_dense_gemm.py (docs/benchmarks.md)
-DENSE_GEMM_MIN_ROWS = 12
-#: whether that path is on: by default where the CPU has AMX bfloat16 tiles (oneDNN's GEMM then beats the
-#: quantized panel kernels); ``LMRS_GGUF_DENSE_GEMM=0`` / ``=1`` forces it off / on (benchmarks, tests)
+#: torch's bfloat16 GEMM (see :func:`dense_gemm_pays`): the CPU's crossover (above)
+DENSE_GEMM_MIN_ROWS = _dense_gemm_min_rows()
+#: whether that path is on: by default where the CPU has AMX bfloat16 tiles or AVX512-BF16 (oneDNN's GEMM then
+#: beats the quantized panel kernels from DENSE_GEMM_MIN_ROWS rows); ``LMRS_GGUF_DENSE_GEMM=0`` / ``=1`` forces
+#: it off / on (benchmarks, tests)
 DENSE_GEMM = _dense_gemm_enabled()
 
 
