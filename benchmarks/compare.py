@@ -374,6 +374,18 @@ def parse_args(argv=None):
     return args
 
 
+def lmrs_variants(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, extra lmrs.serve arguments) of each lmrs server per dtype: the defaults, then each
+    `--lmrs-variant LABEL=ARGS` (ValueError naming the option for a spec without a label)."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for spec in specs:
+        label, eq, extra = spec.partition("=")
+        if not eq or not label.strip():
+            raise ValueError(f"--lmrs-variant {spec!r}: expected LABEL=ARGS")
+        out.append((label.strip(), shlex.split(extra)))
+    return out
+
+
 def weight_formats(log_path: str) -> str:
     """What the lmrs server said about the weight formats it computes with (its log), for the report."""
     try:
@@ -399,8 +411,7 @@ def main(argv=None) -> int:
     failures = 0
 
     servers = []  # (name, argv builder, is_lmrs)
-    variants = [("", [])] + [(label, shlex.split(extra)) for label, _, extra in
-                             (v.partition("=") for v in args.lmrs_variant)]
+    variants = lmrs_variants(args.lmrs_variant)
     for dtype in args.dtypes:
         for label, extra in variants:
             def lmrs_cmd(port, dtype=dtype, extra=extra):

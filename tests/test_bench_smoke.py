@@ -149,6 +149,16 @@ def test_compare_aggregates_repeats_and_flags_invalid_runs():
     assert compare.problems({"x": [{"fixed": [_point(1, 1.0)]}]}) == []
 
 
+def test_compare_lmrs_variants():
+    import compare
+
+    assert compare.lmrs_variants([]) == [("", [])]
+    assert compare.lmrs_variants(["dequantize=--gguf-weights dequantize"]) == [
+        ("", []), ("dequantize", ["--gguf-weights", "dequantize"])]
+    with pytest.raises(ValueError, match="--lmrs-variant"):
+        compare.lmrs_variants(["--gguf-weights dequantize"])
+
+
 def test_compare_quick_end_to_end(tmp_path):
     """The harness itself, on a real lmrs server (no peer, no docs written): exit status 0."""
     import compare
