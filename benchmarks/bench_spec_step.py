@@ -46,12 +46,41 @@ def run_timed(engine, prof: Profile, prompt: list[int], out_len: int, book: dict
         book[rows].append((dt, dict(prof.times)))
 
 
+def kernel_costs(engine, rows_list, rounds: int) -> None:
+    """All linears of the model plus the output head for m rows, with the activations the model
+    passes (`prefers_float32`) against float32 ones; ms, median of `rounds` interleaved passes."""
+    import torch
+    from lmrs.models import quantized
+
+    model = engine.engine.runner.model
+    lins = [getattr(o, n) for layer in model.layers for o in (layer.attn, layer.mlp) for n in
+            ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if hasattr(o, n)]
+    head = model.head.linear
+
+    def once(m: int, dtype) -> float:
+        t = time.perf_counter()
+        for lin in [*lins, head]:
+            lin(torch.randn(m, lin.in_features).to(dtype))
+        return time.perf_counter() - t
+
+    res: dict = defaultdict(list)
+    for _ in range(rounds):
+        for m in rows_list:
+            res[(m, "float32")].append(once(m, torch.float32))
+            res[(m, "model")].append(once(m, torch.float32 if quantized.prefers_float32(m) else torch.bfloat16))
+    print("| rows | float32 x ms | model's x ms |\n|---:|---:|---:|")
+    for m in rows_list:
+        f, d = (1e3 * statistics.median(res[(m, k)]) for k in ("float32", "model"))
+        print(f"| {m} | {f:.2f} | {d:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--output-len", type=int, default=96)
     ap.add_argument("--kernel-threads", type=int, default=0)
+    ap.add_argument("--kernels", action="store_true", help="only the linears + head cost by rows")
     args = ap.parse_args()
     from lmrs import Engine, SamplingParams
     import lmrs.kernels.cpu as cpu
@@ -59,6 +88,9 @@ def main() -> None:
     cpu.THREADS = args.kernel_threads
     common = dict(progress=False, max_num_seqs=8)
     plain = Engine(**common)
+    if args.kernels:
+        kernel_costs(plain, [1, 2, 3, 4, 5, 6, 8], 5 * args.rounds)
+        return
     spec = Engine(**common, speculative_method="ngram", num_speculative_tokens=args.k)
     profs = {}
     for name, eng in (("plain", plain), ("spec", spec)):
