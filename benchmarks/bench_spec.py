@@ -8,8 +8,8 @@ order alternating).
     python benchmarks/bench_spec.py --kernel-threads 1   # one thread per kernel call (a loaded machine)
 
 Workloads (greedy, SmolLM2-135M-Instruct, the served defaults: bfloat16 with the small-batch twins):
-- copy: code editing, the output copies spans of the prompt ("rename this function, return the
-  whole file"), one request at a time;
+- copy: code editing, the output copies spans of the prompt ("add a docstring to each function,
+  return the complete code", the code in a fenced block), one request at a time;
 - chat: open questions, one at a time;
 - chat c=32: 32 different questions at once (speculation is switched off above
   `spec_max_decode_rows` running sequences, so this measures the cost of the switch itself);
@@ -51,7 +51,9 @@ def code_prompt(tok, i: int) -> list[int]:
     body = "\n\n".join(f"def {n}(data, limit={10 + j}):\n    result = []\n    for item in data:\n"
                        f"        if len(result) >= limit:\n            break\n        result.append(item)\n"
                        f"    return result" for j, n in enumerate(names))
-    msg = f"Rename the function {names[1]} to {names[1]}_v2 and return the whole file, unchanged otherwise:\n\n{body}"
+    # SmolLM2-135M answers "rename ... and return the whole file" with prose about pandas (it copied
+    # nothing: 1.5 tokens a step even with perfect drafts); a fenced block and this request it copies
+    msg = f"Add a one-line docstring to each function below. Return the complete code.\n\n```python\n{body}\n```"
     return tok.encode_chat([{"role": "user", "content": msg}])
 
 

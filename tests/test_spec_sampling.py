@@ -100,8 +100,9 @@ def test_sampled_requests_follow_the_model_distribution(tiny_folder):
         p = np.exp(np.array([lp for _, lp in top]))
         return {t: v for (t, _), v in zip(top, p / p.sum())}
 
-    # A prompt that holds each likely first token followed by a likely second one, so the
-    # n-gram drafter proposes a plausible second token (accepted sometimes, rejected often).
+    # A prompt that holds each likely first token, after the prompt's last token (drafts come from
+    # 2-gram matches up) and followed by a likely second one, so the n-gram drafter proposes a
+    # plausible second token (accepted sometimes, rejected often).
     base = [11, 40, 73, 12, 99]
     prompt, successor = base, {}
     for _ in range(8):
@@ -111,7 +112,7 @@ def test_sampled_requests_follow_the_model_distribution(tiny_folder):
         for t1 in new:
             p2 = dist(prompt + [t1])
             successor[t1] = max(p2, key=p2.get)
-        prompt = [x for t, s in successor.items() for x in (t, s)] + base
+        prompt = [x for t, s in successor.items() for x in (base[-1], t, s)] + base
     exact: dict[int, float] = {}
     for t1, w in dist(prompt).items():
         for t2, v in dist(prompt + [t1]).items():

@@ -77,7 +77,7 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
              help="speculative decoding: ngram (prompt lookup, no extra model); draft (a smaller model) is not built yet")
     add_flag(p, "num-speculative-tokens", type=int, default=4, help="drafts verified per decode row and step")
     add_flag(p, "speculative-model", default=None, help="the draft model of --speculative-method draft")
-    add_flag(p, "spec-max-decode-rows", type=int, default=1,
+    add_flag(p, "spec-max-decode-rows", type=int, default=4,
              help="speculation is off in a step with more running sequences than this (0: never off)")
     add_flag(p, "tool-call-parser", default=None, choices=["hermes", "llama3_json", "mistral"],
              help="the model's tool-call format (default: detected from the chat template)")
