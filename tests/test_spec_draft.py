@@ -16,7 +16,7 @@ from test_spec_decode import CHAT_MESSAGES, COPY_MESSAGES, _no_leak, _stats_delt
 from test_spec_sampling import _tv
 
 DRAFT = dict(num_speculative_tokens=3, spec_max_decode_rows=0)
-SHORT = SamplingParams(temperature=0, max_tokens=16)
+SHORT = SamplingParams(temperature=0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
