@@ -58,7 +58,7 @@ def tiny4(tmp_path_factory):
 
 
 TINY = dict(dtype="float32", progress=False, kv_cache_memory="8MiB")
-TINY_GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+TINY_GREEDY = SamplingParams(temperature=0, max_tokens=28, ignore_eos=True)
 
 
 def test_session_turns_continue_identical(tiny4):
