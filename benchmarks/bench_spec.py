@@ -1,4 +1,4 @@
-"""Speculative decoding (n-gram drafts) against plain decoding: output tokens/s, same process, same
+"""Speculative decoding (n-gram drafts, or a draft model) against plain decoding: output tokens/s, same process, same
 prompts, runs interleaved (the machine is shared: each repeat runs both engines back to back, the
 order alternating).
 
@@ -6,6 +6,7 @@ order alternating).
     python benchmarks/bench_spec.py --repeats 3 --output-len 128 --sweep 4,8,16
     python benchmarks/bench_spec.py --json out.json
     python benchmarks/bench_spec.py --kernel-threads 1   # one thread per kernel call (a loaded machine)
+    python benchmarks/bench_spec.py --draft-layers 2,4 --skip-ngram   # draft model: SmolLM2's first N layers
 
 Workloads (greedy, SmolLM2-135M-Instruct, the served defaults: bfloat16 with the small-batch twins):
 - copy: code editing, the output copies spans of the prompt ("add a docstring to each function,
@@ -13,7 +14,9 @@ Workloads (greedy, SmolLM2-135M-Instruct, the served defaults: bfloat16 with the
 - chat: open questions, one at a time;
 - chat c=32: 32 different questions at once (speculation is switched off above
   `spec_max_decode_rows` running sequences, so this measures the cost of the switch itself);
-- --sweep: chat at each concurrency with the switch disabled, to place the threshold.
+- --sweep: chat at each concurrency with the switch disabled, to place the threshold;
+- --draft-layers N,...: a draft model (`speculative_model`), a layer-truncated copy of the target
+  (its first N of 30 layers, same weights and tokenizer), on copy and chat at c=1.
 Each timed run uses prompts of its own (never a cached prefix); generation stops at EOS or
 --output-len, and the ratio is of output tokens per second (both engines produce the same text up
 to bfloat16 rounding, so the same work). Acceptance rates are from the engine's counters.
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--sweep", default="", help="comma-separated concurrencies for chat with the switch off")
     ap.add_argument("--skip-c32", action="store_true")
+    ap.add_argument("--skip-ngram", action="store_true", help="no n-gram runs (with --draft-layers)")
+    ap.add_argument("--draft-layers", default="", help="comma-separated: draft models of the target's first N layers")
     ap.add_argument("--kernel-threads", type=int, default=0,
                     help="threads of lmrs's CPU kernels (lmrs.kernels.cpu.THREADS; 0: all CPUs)")
     ap.add_argument("--json", default=None)
@@ -116,12 +121,21 @@ def main() -> None:
     cpu_kernels.THREADS = args.kernel_threads
     common = dict(dtype=args.dtype, progress=False, max_num_seqs=64)
     plain = Engine(**common)
-    spec = Engine(**common, speculative_method="ngram", num_speculative_tokens=args.k)
     warm = [chat_prompt(plain.tokenizer, 10_000), code_prompt(plain.tokenizer, 10_000)]
-    for eng in (plain, spec):  # untimed warm-up on prompts never timed
-        eng.generate(warm, SamplingParams(temperature=0, max_tokens=16))
-    rows = [compare("copy (code edit)", plain, spec, code_prompt, 1, args.repeats, args.output_len, 0),
-            compare("chat", plain, spec, chat_prompt, 1, args.repeats, args.output_len, 0)]
+    plain.generate(warm, SamplingParams(temperature=0, max_tokens=16))  # untimed warm-up on prompts never timed
+    rows = []
+    for n in (int(x) for x in args.draft_layers.split(",") if x):
+        drafted = draft_engine(common, n, args.k)
+        drafted.generate(warm, SamplingParams(temperature=0, max_tokens=16))
+        rows.append(compare(f"copy, draft {n} layers", plain, drafted, code_prompt, 1, args.repeats, args.output_len, 0))
+        rows.append(compare(f"chat, draft {n} layers", plain, drafted, chat_prompt, 1, args.repeats, args.output_len, 0))
+        drafted.close()
+    if args.skip_ngram:
+        return report(rows, args.json)
+    spec = Engine(**common, speculative_method="ngram", num_speculative_tokens=args.k)
+    spec.generate(warm, SamplingParams(temperature=0, max_tokens=16))
+    rows += [compare("copy (code edit)", plain, spec, code_prompt, 1, args.repeats, args.output_len, 0),
+             compare("chat", plain, spec, chat_prompt, 1, args.repeats, args.output_len, 0)]
     if not args.skip_c32:
         rows.append(compare("chat", plain, spec, chat_prompt, 32, max(2, args.repeats - 1), args.output_len, 100))
     if args.sweep:
@@ -132,13 +146,29 @@ def main() -> None:
             rows.append(r)
             r = compare("copy, switch off", plain, nolimit, code_prompt, c, 2, args.output_len, 2000 + 50 * c)
             rows.append(r)
+    report(rows, args.json)
+
+
+def draft_engine(common: dict, layers: int, k: int) -> Engine:
+    """The target with a draft model: its own first `layers` layers (loaded like the target's)."""
+    from lmrs.engine.loading import gguf_weights_mode
+    from lmrs.engine.config import EngineConfig
+    from lmrs.models.loader import default_model_path, load_model_files
+    from lmrs.models.testing_draft import truncated_model
+
+    cfg = EngineConfig(**common)
+    full = load_model_files(default_model_path(), progress=False, gguf_weights=gguf_weights_mode(cfg, "cpu"))
+    return Engine(**common, draft_loaded=truncated_model(full, layers), num_speculative_tokens=k)
+
+
+def report(rows: list[dict], json_path: str | None) -> None:
     print("\n| workload | concurrency | plain tok/s | spec tok/s | ratio (min-max) | acceptance | tokens/verified row |")
     print("|---|---:|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['workload']} | {r['concurrency']} | {r['plain_tok_s']} | {r['spec_tok_s']} | "
               f"{r['ratio']}x ({r['ratio_min']}-{r['ratio_max']}) | {r['acceptance']} | {r['tokens_per_verified_step']} |")
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(rows, f, indent=2)
 
 

@@ -197,7 +197,8 @@ impl Core {
     #[pyo3(signature = (num_blocks, *, vocab_size, block_size=16, max_num_seqs=256,
         max_num_batched_tokens=2048, max_embed_tokens_with_decodes=0, eos_token_ids=vec![],
         max_model_len=8192, enable_prefix_caching=true, max_sessions=0,
-        session_idle_timeout_s=0.0, num_speculative_tokens=0, spec_max_decode_rows=0))]
+        session_idle_timeout_s=0.0, num_speculative_tokens=0, spec_max_decode_rows=0,
+        external_drafts=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_blocks: usize,
@@ -213,6 +214,7 @@ impl Core {
         session_idle_timeout_s: f64,
         num_speculative_tokens: usize,
         spec_max_decode_rows: usize,
+        external_drafts: bool,
     ) -> PyResult<Self> {
         let cfg = CoreConfig {
             num_blocks,
@@ -228,6 +230,7 @@ impl Core {
             session_idle_timeout_s,
             num_speculative_tokens,
             spec_max_decode_rows,
+            external_drafts,
         };
         Ok(Core {
             inner: Scheduler::new(cfg).map_err(value_err)?,
@@ -347,14 +350,20 @@ impl Core {
 
     /// Apply the sampled ids (one per sampled row of the last plan, in order). With drafts in
     /// the plan, `counts[j]` ids belong to sampled row j: its accepted drafts, then the
-    /// runner's own token (one event per token).
-    #[pyo3(signature = (sampled, counts=None))]
+    /// runner's own token (one event per token). `drafts` (with `external_drafts`): the
+    /// draft model's tokens of the plan, replacing the placeholders, each row's in order.
+    #[pyo3(signature = (sampled, counts=None, drafts=None))]
     fn update(
         &mut self,
         py: Python<'_>,
         sampled: &Bound<'_, PyAny>,
         counts: Option<&Bound<'_, PyAny>>,
+        drafts: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyUpdateResult> {
+        if let Some(d) = drafts {
+            let d = extract_ids(d, "drafts")?;
+            self.inner.set_drafts(&d).map_err(value_err)?;
+        }
         let ids = extract_ids(sampled, "sampled")?;
         let counts = match counts {
             Some(c) => extract_ids(c, "counts")?,

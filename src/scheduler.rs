@@ -44,6 +44,9 @@ pub struct CoreConfig {
     pub num_speculative_tokens: usize,
     /// Speculation is off in a step with more running sequences than this (0 = no limit).
     pub spec_max_decode_rows: usize,
+    /// The runner's draft model proposes the drafts: the core reserves K positions a row with
+    /// placeholder tokens and takes the real drafts with the update (`set_drafts`).
+    pub external_drafts: bool,
 }
 
 /// Cumulative counters (never reset), reported by `stats()`.

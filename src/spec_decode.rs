@@ -102,8 +102,42 @@ impl Scheduler {
         if k == 0 {
             return 0;
         }
-        s.drafts = propose_ngram(&s.tokens, NGRAM_MAX, NGRAM_MIN, k);
+        if self.cfg.external_drafts {
+            // Placeholders (the last token) for the runner's draft model to replace.
+            let last = s.tokens.last().copied().unwrap_or(0);
+            s.drafts = vec![last; k];
+        } else {
+            s.drafts = propose_ngram(&s.tokens, NGRAM_MAX, NGRAM_MIN, k);
+        }
         s.drafts.len()
+    }
+
+    /// The draft model's tokens for the plan in flight (`external_drafts`): `drafts` holds
+    /// each drafting row's tokens in plan order, as many as the row reserved; they replace the
+    /// placeholders so the update checks and appends the real ones. Changes nothing on error.
+    pub fn set_drafts(&mut self, drafts: &[i64]) -> Result<(), String> {
+        let Some(flight) = self.in_flight.as_ref() else {
+            return Err("set_drafts() called without a plan in flight".into());
+        };
+        let want: usize = flight.rows.iter().map(|r| r.drafts).sum();
+        if drafts.len() != want {
+            return Err(format!("{} draft tokens for a plan of {want}", drafts.len()));
+        }
+        let vocab = self.cfg.vocab_size as i64;
+        if let Some(t) = drafts.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(format!("draft token {t} is outside the vocabulary (0..{vocab})"));
+        }
+        let mut k = 0;
+        for row in flight.rows.iter().filter(|r| r.drafts > 0) {
+            let part = &drafts[k..k + row.drafts];
+            k += row.drafts;
+            if let Some(s) = self.seqs.at_if(row.slot, row.id) {
+                if s.drafts.len() == row.drafts {
+                    s.drafts = part.iter().map(|&t| t as u32).collect();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Keep only the first `n` generated tokens of a running request (a stop string found in

@@ -33,6 +33,7 @@ pub(crate) fn config(
         session_idle_timeout_s: 0.0,
         num_speculative_tokens: 0,
         spec_max_decode_rows: 0,
+        external_drafts: false,
     }
 }
 

@@ -187,7 +187,7 @@ def test_config_rejects_bad_speculation_settings():
 
     for kw, field in [(dict(speculative_method="medusa"), "speculative_method"),
                       (dict(speculative_method="ngram", num_speculative_tokens=0), "num_speculative_tokens"),
-                      (dict(speculative_model="x.gguf"), "speculative_model"),
+                      (dict(speculative_method="ngram", speculative_model="x.gguf"), "speculative_model"),
                       (dict(spec_max_decode_rows=-1), "spec_max_decode_rows")]:
         with pytest.raises(ValueError, match=field):
             EngineConfig(**kw).validate()

@@ -74,9 +74,10 @@ def build_parser(prog: str = "python -m lmrs.serve") -> argparse.ArgumentParser:
     add_flag(p, "num-threads", type=int, default=None, help="torch CPU threads")
     add_flag(p, "enforce-eager", action="store_true", help="CUDA: run every step eagerly (no CUDA graphs)")
     add_flag(p, "speculative-method", default=None, choices=["ngram", "draft"],
-             help="speculative decoding: ngram (prompt lookup, no extra model); draft (a smaller model) is not built yet")
+             help="speculative decoding: ngram (prompt lookup, no extra model) or draft (a smaller model "
+                  "with the same tokenizer, --speculative-model; implied by it)")
     add_flag(p, "num-speculative-tokens", type=int, default=4, help="drafts verified per decode row and step")
-    add_flag(p, "speculative-model", default=None, help="the draft model of --speculative-method draft")
+    add_flag(p, "speculative-model", default=None, help="the draft model (HF folder or .gguf with the target's tokenizer): speculative decoding")
     add_flag(p, "spec-max-decode-rows", type=int, default=4,
              help="speculation is off in a step with more running sequences than this (0: never off)")
     add_flag(p, "tool-call-parser", default=None, choices=["hermes", "llama3_json", "mistral"],

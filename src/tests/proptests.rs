@@ -95,6 +95,7 @@ fn cfg() -> impl Strategy<Value = CoreConfig> {
                     session_idle_timeout_s: 0.0,
                     num_speculative_tokens: spec_k,
                     spec_max_decode_rows: spec_rows,
+                    external_drafts: false,
                 }
             },
         )

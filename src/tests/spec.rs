@@ -205,3 +205,41 @@ fn truncate_generated_rolls_back_to_the_stop() {
     s.abort(1, FinishReason::StopString).unwrap();
     assert_eq!(s.kv.num_used(), 0);
 }
+
+/// With `external_drafts` the core reserves placeholder drafts; the runner's tokens given by
+/// `set_drafts` replace them: right guesses are accepted, the output equals plain decoding.
+#[test]
+fn external_drafts_replace_the_placeholders() {
+    let mut s = new_sched(CoreConfig {
+        external_drafts: true,
+        ..spec_config(3)
+    });
+    add(&mut s, 1, vec![5; 6], 12);
+    let mut out = Default::default();
+    let mut accepted_rows = 0;
+    while s.has_unfinished() {
+        let mut plan = s.schedule().unwrap();
+        let mut drafts = Vec::new();
+        let mut li = 0usize;
+        for &nd in &plan.num_drafts {
+            let last = plan.input_ids[plan.logits_indices[li] as usize];
+            let mut t = last as i64;
+            for i in 0..nd as usize {
+                t = next_token(t as i32); // a perfect draft model
+                plan.input_ids[plan.logits_indices[li + 1 + i] as usize] = t as i32;
+                drafts.push(t);
+            }
+            li += nd as usize + 1;
+        }
+        assert!(s.set_drafts(&drafts[..drafts.len().saturating_sub(1)]).is_err() || drafts.is_empty());
+        s.set_drafts(&drafts).unwrap();
+        s.check_plan(&plan).unwrap();
+        let (ids, counts) = verify(&plan);
+        accepted_rows += counts.iter().filter(|&&c| c > 1).count();
+        let res = s.update_verified(&ids, &counts).unwrap();
+        s.check_invariants().unwrap();
+        collect(&mut out, &res);
+    }
+    assert_eq!(out[&1].0, expected(&[5; 6], 12));
+    assert!(accepted_rows > 0, "the real drafts were verified and accepted");
+}

@@ -33,8 +33,9 @@ class EngineConfig:
     quantize: str = "auto"  # weight-only quantization for small batches on the CPU: auto | none | int8
     num_threads: int | None = None  # torch CPU threads (default: all cores)
     cuda_graphs: bool = True  # on CUDA: replay captured graphs for decode steps (False: always eager)
-    # speculative decoding: None (off) or "ngram" (prompt lookup: drafts copied from the sequence's
-    # own earlier tokens); "draft" (a smaller model, `speculative_model`) is not built yet
+    # speculative decoding: None (off), "ngram" (prompt lookup: drafts copied from the sequence's
+    # own earlier tokens) or "draft" (a smaller model with the same tokenizer, `speculative_model`;
+    # implied by a speculative_model)
     speculative_method: str | None = None
     num_speculative_tokens: int = 4  # drafts verified per decode row and step (with a method)
     speculative_model: str | None = None  # the draft model of method "draft"
@@ -78,10 +79,14 @@ class EngineConfig:
             raise ValueError(f"cache_max_entry_count must be in (0, 1], got {self.cache_max_entry_count}")
         if self.speculative_method not in (None, "ngram", "draft"):
             raise ValueError(f"speculative_method must be 'ngram' or 'draft', got {self.speculative_method!r}")
-        if self.speculative_method == "draft":
-            raise ValueError("speculative_method 'draft' (a draft model) is not implemented yet; use 'ngram'")
+        if self.speculative_model is not None and self.speculative_method is None:
+            self.speculative_method = "draft"
+        if self.speculative_method == "draft" and not self.speculative_model:
+            raise ValueError("speculative_method 'draft' needs speculative_model (the draft model's path)")
         if self.speculative_model is not None and self.speculative_method != "draft":
-            raise ValueError("speculative_model is only used with speculative_method 'draft'")
+            raise ValueError("speculative_model (a draft model) and speculative_method 'ngram' are exclusive")
+        if self.speculative_method == "draft" and self.tp > 1:
+            raise ValueError("speculative_model (a draft model) is not supported with tensor parallelism (tp > 1)")
         k = self.num_speculative_tokens
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 16:
             raise ValueError(f"num_speculative_tokens must be an integer in [1, 16], got {k!r}")

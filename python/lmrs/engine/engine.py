@@ -33,14 +33,17 @@ class Engine:
     N ranks as processes (`lmrs.parallel`; `close()` or the end of the process stops them), ...
     """
 
-    def __init__(self, model: str | None = None, *, loaded=None, **kwargs: Any):
-        """`loaded`: model files already loaded with `lmrs.models.loader.load_model_files` (skips loading)."""
+    def __init__(self, model: str | None = None, *, loaded=None, draft_loaded=None, **kwargs: Any):
+        """`loaded`: model files already loaded with `lmrs.models.loader.load_model_files` (skips loading);
+        `draft_loaded`: the same for the draft model of speculative decoding (implies it)."""
         from lmrs.engine.loading import build_engine_parts
 
         if "tensor_parallel_size" in kwargs:  # vLLM's name for EngineConfig.tp
             kwargs["tp"] = kwargs.pop("tensor_parallel_size")
+        if draft_loaded is not None:
+            kwargs.setdefault("speculative_model", draft_loaded.source)
         self.config = EngineConfig(model=model, **kwargs)
-        self.engine = LLMEngine(self.config, parts=build_engine_parts(self.config, loaded))
+        self.engine = LLMEngine(self.config, parts=build_engine_parts(self.config, loaded, draft_loaded))
         self.tokenizer = self.engine.tokenizer
         self._compiler = None
 

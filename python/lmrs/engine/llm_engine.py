@@ -183,7 +183,7 @@ class LLMEngine:
                 if self.faults:
                     self.faults.before_step(self.num_model_steps)
             out = self.runner.execute(plan, masks=masks)
-            res = self.core.update(out.sampled, out.counts)
+            res = self.core.update(out.sampled, out.counts, out.drafts)
         except Exception as exc:  # noqa: BLE001 - classified: fail the step, or the process
             if masks is not None:
                 _join_quietly(masks)

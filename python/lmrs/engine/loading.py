@@ -118,7 +118,9 @@ def build_model_and_cache(cfg: EngineConfig, loaded: LoadedModel, device: str, p
     return ModelStack(model, kv, num_blocks, max_model_len, dtype, graphs)
 
 
-def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> EngineParts:
+def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None,
+                       draft_loaded: LoadedModel | None = None) -> EngineParts:
+    """`draft_loaded`: the draft model's files, already loaded (else `cfg.speculative_model` is)."""
     cfg.validate()
     device = str(cfg.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -153,6 +155,11 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
     sampler = Sampler(mc.eos_token_ids, seed=cfg.seed)
     runner = ModelRunner(stack.model, stack.kv_cache, sampler, decode_graphs=stack.decode_graphs)
     runner.ranks = ranks
+    if cfg.speculative_method == "draft":
+        from lmrs.engine.draft_loading import build_drafter
+
+        runner.drafter = build_drafter(cfg, loaded, num_blocks, max_model_len, device, sampler.generator,
+                                       draft_loaded)
     core = _core.Core(
         num_blocks,
         vocab_size=mc.vocab_size,
@@ -167,6 +174,7 @@ def build_engine_parts(cfg: EngineConfig, loaded: LoadedModel | None = None) -> 
         session_idle_timeout_s=cfg.session_idle_timeout_s,
         num_speculative_tokens=cfg.core_num_speculative_tokens(),
         spec_max_decode_rows=cfg.spec_max_decode_rows,
+        external_drafts=cfg.speculative_method == "draft",
     )
     return EngineParts(loaded, stack.model, runner, core, max_model_len, session_len, stack.dtype)
 

@@ -31,6 +31,8 @@ class StepOutput:
     pooled: np.ndarray | None = None  # float32 [P, H]: per pool row, the sum of its tokens' final hidden states
     # with drafts in the plan: tokens per sampled row (`sampled` then holds them all, in order)
     counts: np.ndarray | None = None
+    # with a draft model: the drafts it proposed, each drafting row's in plan order (Core.update's `drafts`)
+    drafts: np.ndarray | None = None
 
 
 class ModelRunner:
@@ -46,6 +48,8 @@ class ModelRunner:
         self.graph_steps = 0  # steps served by graph replay (for stats and tests)
         # tensor parallel, rank 0: the `lmrs.parallel.ranks.RankGroup` each plan is broadcast to
         self.ranks = None
+        # speculative decoding with a draft model: its `lmrs.runner.draft_model.DraftProposer`
+        self.drafter = None
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(arr)
@@ -73,6 +77,7 @@ class ModelRunner:
         plan = raw_plan if isinstance(raw_plan, PlanView) else PlanView(raw_plan)
         if plan.num_rows == 0:
             return StepOutput(np.zeros(0, dtype=np.int64), None)
+        proposal = self.drafter.propose(plan) if self.drafter is not None else None
         if self.ranks is None:
             hidden, logits = self.forward_step(plan, return_hidden)
         else:
@@ -83,8 +88,9 @@ class ModelRunner:
             return StepOutput(np.zeros(0, dtype=np.int64), None, kept, pooled)
         if plan.num_draft_tokens:
             sample, tokens, counts = verify_drafts(logits, plan, lambda first: self._sample(first, plan, masks),
-                                                   self.sampler.generator)
-            return StepOutput(tokens, sample, kept, pooled, counts=counts)
+                                                   self.sampler.generator, proposal.probs if proposal else None)
+            return StepOutput(tokens, sample, kept, pooled, counts=counts,
+                              drafts=proposal.tokens if proposal else None)
         sample = self._sample(logits, plan, masks)
         return StepOutput(sample.token_ids, sample, kept, pooled)
 

@@ -21,6 +21,10 @@ class PlanView:
             cache[name] = value
             return value
 
+    def replace(self, name, value):
+        """Use `value` for `name` this step (the draft model's tokens in `input_ids`)."""
+        self._cache[name] = value
+
     @property
     def raw(self):
         return self._plan
