@@ -8,10 +8,9 @@ import json
 import random
 
 import jsonschema
-import numpy as np
 import pytest
 
-from grammar_walk import Walker, smollm2_tokenizer
+from grammar_walk import Walker, accepts, smollm2_tokenizer
 from lmrs.structured import GrammarCompiler, spec_from_response_format, spec_from_structured_outputs, token_table
 from lmrs.structured.json_bounds import MAX_ABS_NUMBER, NUMBER_STEP, bound_numbers, bounded_any_schema
 from lmrs.structured.spec import COMPACT_JSON, GrammarSpec, json_schema_spec
@@ -74,13 +73,7 @@ def compiler(tk):
 
 
 def _accepts(compiler, tk, spec, text: str) -> bool:
-    m = compiler.compile(spec).matcher()
-    try:
-        for t in tk.encode(text):
-            m.commit(t)
-    except ValueError:
-        return False
-    return m.is_accepting()
+    return accepts(compiler.compile(spec), tk.encode(text))
 
 
 @pytest.mark.parametrize("text,default,spaced", [
@@ -105,26 +98,6 @@ def test_json_object_is_compact_with_bounded_numbers(compiler, tk):
         assert not _accepts(compiler, tk, spec, bad), bad
 
 
-def _stubborn_walk(walker: Walker, grammar, rng: random.Random, max_tokens: int) -> bytes | None:
-    """A model that never closes anything it may continue: it picks among the allowed tokens without a
-    closing character (``" } ] ,``) or EOS whenever there are some. The text, or None if it did not end
-    in ``max_tokens``."""
-    m = grammar.matcher()
-    mask = np.zeros((1, (walker.vocab_size + 31) // 32), dtype=np.int32)
-    out = []
-    for _ in range(max_tokens):
-        m.fill_next_token_bitmask(mask, 0)
-        allowed = walker.allowed(mask[0])
-        open_ = allowed[~walker.closing[allowed]]
-        pick_from = open_ if len(open_) else allowed
-        tok = int(pick_from[rng.randrange(len(pick_from))])
-        m.commit(tok)
-        if tok in walker.eos:
-            return b"".join(out)
-        out.append(walker.token_bytes[tok])
-    return None
-
-
 def test_outputs_end_within_the_bounded_length(compiler, tk):
     """Under the default grammar every walk closes within the length the bounds allow, even one that
     never closes voluntarily; under llguidance's own number grammar that one runs on."""
@@ -133,11 +106,11 @@ def test_outputs_end_within_the_bounded_length(compiler, tk):
     grammar = compiler.compile(json_schema_spec(NUMBERS, "s"))
     rng = random.Random(14)
     for i in range(60):
-        raw = (_stubborn_walk(walker, grammar, rng, NUMBERS_MAX_BYTES + 1) if i % 2
-               else walker.walk(grammar, rng, max_tokens=NUMBERS_MAX_BYTES + 1)[1])
-        assert raw is not None and len(raw) <= NUMBERS_MAX_BYTES
+        raw = walker.walk(grammar, rng, max_tokens=NUMBERS_MAX_BYTES + 1, stubborn=bool(i % 2))[1]
+        assert len(raw) <= NUMBERS_MAX_BYTES
         text = raw.decode()
         jsonschema.validate(json.loads(text), NUMBERS)
         assert not any(c.isspace() for c in text), text
     unbounded = compiler.compile(GrammarSpec("json_schema", json.dumps({**NUMBERS, "x-guidance": COMPACT_JSON})))
-    assert _stubborn_walk(walker, unbounded, rng, 200) is None
+    with pytest.raises(AssertionError, match="did not finish"):
+        walker.walk(unbounded, rng, max_tokens=200, stubborn=True)
