@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
@@ -36,6 +37,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from bench_grammar import ten_field_schema  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a JSON record of a user of a web service."}]
+# per validity output: the 5 schemas' objects are 2 fields, median 15-30 tokens in the compact layout
+# (numbers bounded, strings up to maxLength; the longest seen 75): not a budget that hides runaways
+VALIDITY_MAX_TOKENS = 96
 
 VALIDITY_SCHEMAS = {
     "person": {"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 16},
@@ -169,21 +173,25 @@ async def validity(client: Client, count: int, conc: int, schemas=None) -> dict:
 
     async def one(schema, i):
         async with sem:
-            o = await client.chat({"max_tokens": 96, "temperature": 1.0, "seed": i,
+            o = await client.chat({"max_tokens": VALIDITY_MAX_TOKENS, "temperature": 1.0, "seed": i,
                                    "response_format": schema_format(schema)})
         try:
             jsonschema.validate(json.loads(o["text"]), schema)
-            return None
+            return o, None
         except (ValueError, jsonschema.ValidationError) as e:
-            return {"seed": i, "finish_reason": o["finish"], "tokens": o["tokens"], "text": o["text"],
-                    "error": str(e).splitlines()[0][:200]}
+            return o, {"seed": i, "finish_reason": o["finish"], "tokens": o["tokens"], "text": o["text"],
+                       "error": str(e).splitlines()[0][:200]}
 
     for name in schemas or VALIDITY_SCHEMAS:
         schema = VALIDITY_SCHEMAS[name]
-        bad = [f for f in await asyncio.gather(*(one(schema, i) for i in range(count))) if f is not None]
+        outs = await asyncio.gather(*(one(schema, i) for i in range(count)))
+        bad = [f for _, f in outs if f is not None]
+        tokens = sorted(o["tokens"] for o, _ in outs)
         # an invalid output is reported with its finish reason: "length" is an output cut off by max_tokens
         results[name] = {"valid": count - len(bad), "total": count,
-                         "cut_off": sum(f["finish_reason"] == "length" for f in bad), "invalid": bad[:5]}
+                         "cut_off": sum(f["finish_reason"] == "length" for f in bad),
+                         "finish_reasons": dict(collections.Counter(o["finish"] for o, _ in outs)),
+                         "tokens_median": statistics.median(tokens), "tokens_max": tokens[-1], "invalid": bad[:5]}
     return results
 
 
@@ -222,8 +230,9 @@ async def _rest(client: Client, args, res: dict, parts: set) -> dict:
     if "validity" in parts:
         v = await validity(client, args.count or (20 if args.quick else 200), 16, args.schemas)
         res["validity"] = v
-        print("validity: " + ", ".join(f"{k} {x['valid']}/{x['total']} ({x['cut_off']} cut off by max_tokens)"
-                                       for k, x in v.items()), flush=True)
+        print("validity: " + ", ".join(f"{k} {x['valid']}/{x['total']} ({x['cut_off']} cut off by max_tokens; "
+                                       f"finish {x['finish_reasons']}; tokens median {x['tokens_median']:g}, "
+                                       f"max {x['tokens_max']})" for k, x in v.items()), flush=True)
     return res
 
 

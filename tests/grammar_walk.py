@@ -31,8 +31,11 @@ class Walker:
         bits = np.unpackbits(mask_row.view(np.uint8), bitorder="little")[: self.vocab_size]
         return np.flatnonzero(bits)
 
-    def walk(self, grammar, rng: random.Random, max_tokens: int = 3000) -> tuple[list[int], bytes]:
-        """Token ids (EOS last) and the bytes of the text before EOS."""
+    def walk(self, grammar, rng: random.Random, max_tokens: int = 3000,
+             stubborn: bool = False) -> tuple[list[int], bytes]:
+        """Token ids (EOS last) and the bytes of the text before EOS. ``stubborn``: a model that never
+        closes what it may continue (it picks among the allowed tokens without a closing character or
+        EOS whenever there are some)."""
         m = grammar.matcher()
         mask = np.zeros((1, (self.vocab_size + 31) // 32), dtype=np.int32)
         out: list[int] = []
@@ -41,7 +44,10 @@ class Walker:
             allowed = self.allowed(mask[0])
             assert len(allowed), f"empty mask after {out}"
             pick_from = allowed
-            if rng.random() < min(1.0, step / self.patience):
+            if stubborn:
+                open_ = allowed[~self.closing[allowed]]
+                pick_from = open_ if len(open_) else allowed
+            elif rng.random() < min(1.0, step / self.patience):
                 closing = allowed[self.closing[allowed]]
                 if len(closing):
                     pick_from = closing
@@ -52,6 +58,17 @@ class Walker:
                 assert m.is_stopped()
                 return out, b"".join(self.token_bytes[t] for t in out[:-1])
         raise AssertionError(f"walk did not finish in {max_tokens} tokens")
+
+
+def accepts(grammar, tokens) -> bool:
+    """Whether ``grammar`` takes ``tokens`` and is then complete."""
+    m = grammar.matcher()
+    try:
+        for t in tokens:
+            m.commit(t)
+    except ValueError:
+        return False
+    return m.is_accepting()
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,7 +9,8 @@ import pytest
 from lmrs.structured import (FieldError, GrammarSpec, spec_from_request, spec_from_response_format,
                              spec_from_structured_outputs, spec_from_text_format)
 from lmrs.structured.gbnf import gbnf_to_lark
-from lmrs.structured.spec import DEFAULT_JSON_WHITESPACE, MAX_SOURCE_CHARS, choice_spec, grammar_spec, json_schema_spec
+from lmrs.structured.json_bounds import bound_numbers, bounded_any_schema
+from lmrs.structured.spec import COMPACT_JSON, MAX_SOURCE_CHARS, choice_spec, grammar_spec, json_schema_spec
 
 SCHEMA = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}, "required": ["a"]}
 
@@ -18,8 +19,7 @@ def test_response_format_forms():
     assert spec_from_response_format(None) is None
     assert spec_from_response_format({"type": "text"}) is None
     obj = spec_from_response_format({"type": "json_object"})
-    bounded = {"x-guidance": {"whitespace_pattern": DEFAULT_JSON_WHITESPACE}}
-    assert obj.kind == "json_schema" and json.loads(obj.source) == {"type": "object", **bounded}
+    assert obj.kind == "json_schema" and json.loads(obj.source) == {**bounded_any_schema("object"), "x-guidance": COMPACT_JSON}
     s = spec_from_response_format({"type": "json_schema",
                                    "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}})
     assert s.kind == "json_schema" and s.field == "response_format.json_schema.schema"
@@ -44,19 +44,19 @@ def test_structured_outputs_forms():
     ebnf = spec_from_structured_outputs({"grammar": 'root ::= "a" digit+\ndigit ::= [0-9]'})
     assert ebnf.kind == "lark" and ebnf.source.startswith("start: ")
     default = spec_from_structured_outputs({"json": SCHEMA})
-    assert json.loads(default.source)["x-guidance"] == {"whitespace_pattern": DEFAULT_JSON_WHITESPACE}
+    assert json.loads(default.source)["x-guidance"] == COMPACT_JSON
     ws = spec_from_structured_outputs({"json": SCHEMA, "whitespace_pattern": "[ ]?"})
     assert json.loads(ws.source)["x-guidance"] == {"whitespace_pattern": "[ ]?"}
     compact = spec_from_structured_outputs({"json_object": True, "disable_any_whitespace": True})
-    assert json.loads(compact.source)["x-guidance"]["whitespace_flexible"] is False
+    assert json.loads(compact.source)["x-guidance"] == COMPACT_JSON
 
 
 def test_text_format_of_the_responses_api():
     assert spec_from_text_format({"type": "text"}) is None
     s = spec_from_text_format({"type": "json_schema", "name": "thing", "schema": SCHEMA, "strict": True})
     source = json.loads(s.source)
-    assert s.field == "text.format.schema" and source.pop("x-guidance") == {"whitespace_pattern": DEFAULT_JSON_WHITESPACE}
-    assert source == SCHEMA
+    assert s.field == "text.format.schema" and source.pop("x-guidance") == COMPACT_JSON
+    assert source == bound_numbers(SCHEMA)
 
 
 def test_spec_from_request_picks_the_one_given():

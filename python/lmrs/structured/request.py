@@ -108,11 +108,11 @@ def spec_from_structured_outputs(value: Any, field: str = "structured_outputs", 
         raise FieldError(sub_field("disable_any_whitespace"), "must be a boolean")
     sub = sub_field(kind)
     if kind == "json":
-        spec = json_schema_spec(so["json"], sub, whitespace_pattern=ws, compact=compact and ws is None)
+        spec = json_schema_spec(so["json"], sub, whitespace_pattern=ws, compact=compact)
     elif kind == "json_object":
         if so["json_object"] is not True:
             raise FieldError(sub, "must be true")
-        spec = json_schema_spec({"type": "object"}, sub, whitespace_pattern=ws, compact=compact and ws is None)
+        spec = json_object_spec(sub, whitespace_pattern=ws, compact=compact)
     elif kind == "regex":
         spec = regex_spec(so["regex"], sub)
     elif kind == "choice":

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 
 from .errors import FieldError
 from .gbnf import gbnf_to_lark, looks_like_gbnf
+from .json_bounds import bound_numbers, bounded_any_schema
 
-__all__ = ["GrammarSpec", "DEFAULT_JSON_WHITESPACE", "json_schema_spec", "json_object_spec", "regex_spec", "choice_spec", "grammar_spec",
+__all__ = ["GrammarSpec", "COMPACT_JSON", "json_schema_spec", "json_object_spec", "regex_spec", "choice_spec", "grammar_spec",
            "lark_literal", "MAX_SOURCE_CHARS"]
 
 # a bound on what one request may ask the engine to compile (about a 128-tool set with long schemas)
@@ -45,18 +46,23 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-#: Whitespace allowed between JSON tokens when a request sets none: enough for pretty-printed
-#: output (a newline and 14 levels of indentation), bounded so that a model drifting into
-#: whitespace cannot spend its whole token budget there (llguidance's default is unbounded).
-DEFAULT_JSON_WHITESPACE = r"[ \t\n]{0,30}"
+#: The JSON layout when a request sets none: no free whitespace, ``,`` and ``:`` separators (OpenAI's
+#: strict structured outputs are compact JSON too). Free whitespace let a small model spend its whole
+#: token budget between two JSON tokens; a compact document is also ~18% fewer tokens than one with
+#: ``", "`` / ``": "`` separators on SmolLM2's vocabulary (a space before a value is a token of its own).
+COMPACT_JSON = {"whitespace_flexible": False, "whitespace_pattern": None, "item_separator": ",", "key_separator": ":"}
+
+#: The layout keys of llguidance's ``x-guidance`` options: a schema that sets any keeps its own layout.
+_LAYOUT_KEYS = ("whitespace_flexible", "whitespace_pattern", "item_separator", "key_separator")
 
 
 def json_schema_spec(schema: Any, field: str, *, whitespace_pattern: str | None = None,
                      compact: bool = False) -> GrammarSpec:
-    """Output that is a JSON value valid under ``schema`` (a dict, ``true``, or JSON text of one).
-    ``whitespace_pattern``: a regex for the whitespace allowed between JSON tokens (vLLM's field);
-    ``compact``: no free whitespace (``", "`` and ``": "`` separators); neither:
-    ``DEFAULT_JSON_WHITESPACE``."""
+    """Output that is a JSON value valid under ``schema`` (a dict, ``true``, or JSON text of one), its
+    numbers bounded (``json_bounds.py``). Layout: ``whitespace_pattern`` (a regex, vLLM's field) allows
+    that whitespace between JSON tokens; else ``compact`` (``disable_any_whitespace``) forces
+    :data:`COMPACT_JSON`; else the schema's own ``x-guidance`` layout options if it sets any; else
+    :data:`COMPACT_JSON`."""
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -66,23 +72,24 @@ def json_schema_spec(schema: Any, field: str, *, whitespace_pattern: str | None 
         schema = {}
     if not isinstance(schema, dict):
         raise FieldError(field, f"must be a JSON schema object, got {type(schema).__name__}")
-    options: dict[str, Any] = {}
+    guidance = schema.get("x-guidance", {})
+    if not isinstance(guidance, dict):
+        raise FieldError(f"{field}.x-guidance", "must be an object of llguidance options")
     if whitespace_pattern is not None:
         if not isinstance(whitespace_pattern, str):
             raise FieldError("whitespace_pattern", "must be a string")
-        options["whitespace_pattern"] = whitespace_pattern
-    if compact:
-        options.update(whitespace_flexible=False, item_separator=", ", key_separator=": ")
-    elif whitespace_pattern is None and "whitespace_pattern" not in schema.get("x-guidance", {}):
-        options["whitespace_pattern"] = DEFAULT_JSON_WHITESPACE
-    if options:
-        schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **options}}
-    return GrammarSpec("json_schema", _dumps(schema), field)
+        guidance = {**guidance, "whitespace_pattern": whitespace_pattern}
+    elif compact or not any(k in guidance for k in _LAYOUT_KEYS):
+        guidance = {**guidance, **COMPACT_JSON}
+    body = {k: v for k, v in schema.items() if k != "x-guidance"}
+    body = bounded_any_schema() if not body else bound_numbers(body)
+    return GrammarSpec("json_schema", _dumps({**body, "x-guidance": guidance}), field)
 
 
-def json_object_spec(field: str, *, whitespace_pattern: str | None = None) -> GrammarSpec:
-    """Any JSON object (OpenAI's ``{"type": "json_object"}``)."""
-    return json_schema_spec({"type": "object"}, field, whitespace_pattern=whitespace_pattern)
+def json_object_spec(field: str, *, whitespace_pattern: str | None = None, compact: bool = False) -> GrammarSpec:
+    """Any JSON object (OpenAI's ``{"type": "json_object"}``), its numbers bounded as a schema's are."""
+    return json_schema_spec(bounded_any_schema("object"), field, whitespace_pattern=whitespace_pattern,
+                            compact=compact)
 
 
 def regex_spec(pattern: Any, field: str) -> GrammarSpec:

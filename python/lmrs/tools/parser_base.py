@@ -17,6 +17,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable, Sequence
 
+from ..structured.json_bounds import bound_numbers
 from ..structured.spec import lark_literal
 from .call_stream import DeltaEmitter
 from .types import IdFactory, ToolCall, ToolParseResult, ToolStreamDelta
@@ -98,10 +99,11 @@ class ToolParser(ABC):
 
 
 def call_object_schema(tools: Sequence[ToolSchema], args_key: str = "arguments") -> dict:
-    """JSON schema of ``{"name": <one of tools>, "<args_key>": <that tool's arguments>}``, compact."""
+    """JSON schema of ``{"name": <one of tools>, "<args_key>": <that tool's arguments>}``, compact, the
+    arguments' numbers bounded (``structured/json_bounds.py``)."""
     variants = [
         {"type": "object",
-         "properties": {"name": {"const": name}, args_key: params},
+         "properties": {"name": {"const": name}, args_key: bound_numbers(params)},
          "required": ["name", args_key], "additionalProperties": False}
         for name, params in tools
     ]
