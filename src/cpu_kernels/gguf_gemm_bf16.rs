@@ -28,11 +28,23 @@ pub fn applies(a: &GgufMatmulArgs) -> bool {
 }
 
 fn native() -> bool {
-    super::simd::use_avx512bf16()
+    super::simd::use_avx512bf16() && has_bmi2()
 }
 
 fn emulated() -> bool {
-    EMULATE.load(Ordering::Relaxed) && super::simd::use_avx512()
+    EMULATE.load(Ordering::Relaxed) && super::simd::use_avx512() && has_bmi2()
+}
+
+/// `pdep` interleaves the 5th / 6th bit planes of two input features (every AVX-512 CPU has it).
+fn has_bmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("bmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Tiles per panel.
@@ -75,9 +87,11 @@ pub unsafe fn run(_a: &GgufMatmulArgs) -> Result<(), String> {
 #[cfg(target_arch = "x86_64")]
 mod kernel {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
+    use super::super::elem::f32_to_bf16;
     use super::super::gguf_decode::{decode_group, nibble_table, scale_offset, ty};
-    use super::super::gguf_layout::TILE;
+    use super::super::gguf_layout::{GgufType, TILE};
     use super::super::gguf_matmul::{store_row, GgufMatmulArgs, ROW_BLOCK};
     use super::super::parallel::{parallel_for, threads_for};
     use super::super::simd::{bf16_to_f32, Avx512};
@@ -94,6 +108,20 @@ mod kernel {
     }
     unsafe impl Send for Rows {}
     unsafe impl Sync for Rows {}
+
+    /// How a row block's work is split: item i is part i % parts of panel i / parts, a part
+    /// being a run of whole microkernel row groups.
+    struct Work {
+        parts: usize,
+        rows: usize,
+    }
+
+    impl Work {
+        /// The first row of part j (j = parts: the end).
+        fn part_start(&self, j: usize) -> usize {
+            (self.rows.div_ceil(MR) * j / self.parts * MR).min(self.rows)
+        }
+    }
 
     /// A pair dot product: `vdpbf16ps` or its float32 emulation.
     trait PairDot {
@@ -167,18 +195,30 @@ mod kernel {
                 sums,
                 sums_stride: groups,
             };
-            let threads = threads_for(rows * a.n * a.k / 4, panels, a.threads);
+            // Few panels that do not split evenly (a 576-output product is 9 panels): each panel's
+            // rows are split in as many parts as threads, so that the threads get equal work; a
+            // thread decodes the panels of its parts (a panel split between two threads is
+            // decoded by both).
+            let wanted = threads_for(rows * a.n * a.k / 4, panels * rows.div_ceil(MR), a.threads);
+            let parts = if wanted > 1 && panels % wanted != 0 && panels < 8 * wanted {
+                wanted.min(rows.div_ceil(MR))
+            } else {
+                1
+            };
+            let items = panels * parts;
+            let threads = wanted.min(items);
+            let work = Work { parts, rows };
             parallel_for(
-                panels,
+                items,
                 threads,
                 |_| 1,
                 |p| {
                     SCRATCH.with(|s| {
                         let mut s = s.borrow_mut();
                         if native {
-                            panels_native(a, &xr, r0, rows, p.start, p.end, &mut s)
+                            panels_native(a, &xr, r0, &work, p, &mut s)
                         } else {
-                            panels_emulated(a, &xr, r0, rows, p.start, p.end, &mut s)
+                            panels_emulated(a, &xr, r0, &work, p, &mut s)
                         }
                     })
                 },
@@ -187,30 +227,28 @@ mod kernel {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2,bmi2")]
     unsafe fn panels_native(
         a: &GgufMatmulArgs,
         x: &Rows,
         row0: usize,
-        rows: usize,
-        p0: usize,
-        p1: usize,
+        w: &Work,
+        items: Range<usize>,
         s: &mut Scratch,
     ) {
-        with_gguf_type!(a.ty, Q => panels::<Native, Q>(a, x, row0, rows, p0, p1, s))
+        with_gguf_type!(a.ty, Q => panels::<Native, Q>(a, x, row0, w, items, s))
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2,bmi2")]
     unsafe fn panels_emulated(
         a: &GgufMatmulArgs,
         x: &Rows,
         row0: usize,
-        rows: usize,
-        p0: usize,
-        p1: usize,
+        w: &Work,
+        items: Range<usize>,
         s: &mut Scratch,
     ) {
-        with_gguf_type!(a.ty, Q => panels::<Emulated, Q>(a, x, row0, rows, p0, p1, s))
+        with_gguf_type!(a.ty, Q => panels::<Emulated, Q>(a, x, row0, w, items, s))
     }
 
     #[inline(always)]
@@ -218,11 +256,11 @@ mod kernel {
         a: &GgufMatmulArgs,
         x: &Rows,
         row0: usize,
-        rows: usize,
-        p0: usize,
-        p1: usize,
+        w: &Work,
+        items: Range<usize>,
         s: &mut Scratch,
     ) {
+        let rows = w.rows;
         let t = ty::<Q>();
         let kb = t.block_values();
         let kc = ((KC / kb).max(1) * kb).min(a.k);
@@ -232,16 +270,23 @@ mod kernel {
         s.offsets.resize(kc / t.group() * NB * TILE, 0.0);
         s.y.resize(rows * NB * TILE, 0.0);
         let tiles = a.n.div_ceil(TILE);
-        for p in p0..p1 {
+        if items.is_empty() {
+            return;
+        }
+        for p in items.start / w.parts..=(items.end - 1) / w.parts {
             let t0 = p * NB;
             let nt = (tiles - t0).min(NB);
+            // this thread's rows of panel p: its parts [part0, part1)
+            let part0 = items.start.max(p * w.parts) - p * w.parts;
+            let part1 = items.end.min((p + 1) * w.parts) - p * w.parts;
+            let (first, last) = (w.part_start(part0), w.part_start(part1));
             let mut k0 = 0;
             while k0 < a.k {
                 let k1 = (k0 + kc).min(a.k);
                 decode_panel::<Q>(a, t0, nt, k0, k1, s);
-                let mut r = 0;
-                while r < rows {
-                    let rr = (rows - r).min(MR);
+                let mut r = first;
+                while r < last {
+                    let rr = (last - r).min(MR);
                     match rr {
                         1 => micro::<D, Q, 1>(s, x, r, k0, k1, k0 > 0),
                         2 => micro::<D, Q, 2>(s, x, r, k0, k1, k0 > 0),
@@ -251,7 +296,7 @@ mod kernel {
                 }
                 k0 = k1;
             }
-            for r in 0..rows {
+            for r in first..last {
                 for c in 0..nt {
                     let v = _mm512_loadu_ps(s.y.as_ptr().add((r * NB + c) * TILE));
                     store_row::<Avx512>(a, row0 + r, (t0 + c) * TILE, v);
@@ -276,6 +321,7 @@ mod kernel {
         let blocks = a.k / kb;
         let tab = nibble_table(t);
         let table = _mm512_loadu_ps(tab.as_ptr());
+        let (index_lo, index_hi) = code_index_tables(t);
         let codes = s.codes.as_mut_ptr();
         let high = _mm512_set1_epi32(-65536);
         for c in 0..NB {
@@ -307,6 +353,14 @@ mod kernel {
                     _mm512_storeu_ps(s.scales.as_mut_ptr().add((gi * NB + c) * TILE), sc);
                     _mm512_storeu_ps(s.offsets.as_mut_ptr().add((gi * NB + c) * TILE), of);
                     let pair0 = (b * kb + g * gk - k0) / 2;
+                    let store = |i: usize, pair: __m512i| {
+                        let at = codes.add(((pair0 + i) * NB + c) * 2 * TILE);
+                        _mm512_storeu_si512(at as *mut _, pair);
+                    };
+                    if t.code_bits() < 8 {
+                        nibble_pairs::<Q>(blk, g, index_lo, index_hi, store);
+                        continue;
+                    }
                     let mut even = _mm512_setzero_si512();
                     decode_group::<Avx512, Q, _>(
                         blk,
@@ -319,13 +373,82 @@ mod kernel {
                             if i % 2 == 0 {
                                 even = _mm512_srli_epi32::<16>(v);
                             } else {
-                                let pair = _mm512_or_si512(even, _mm512_and_si512(v, high));
-                                let at = codes.add(((pair0 + i / 2) * NB + c) * 2 * TILE);
-                                _mm512_storeu_si512(at as *mut _, pair);
+                                store(i / 2, _mm512_or_si512(even, _mm512_and_si512(v, high)));
                             }
                         },
                     );
                 }
+            }
+        }
+    }
+
+    /// The bfloat16 code of each 6-bit index (entries 0-31, 32-63): idx - zp, exact.
+    #[inline(always)]
+    unsafe fn code_index_tables(t: GgufType) -> (__m512i, __m512i) {
+        let mut words = [0u16; 64];
+        for (n, w) in words.iter_mut().enumerate() {
+            *w = f32_to_bf16((n as i32 - t.zero_point()) as f32);
+        }
+        (
+            _mm512_loadu_si512(words.as_ptr() as *const _),
+            _mm512_loadu_si512(words.as_ptr().add(32) as *const _),
+        )
+    }
+
+    /// Bit j of `a` and of `b` to bits 2j and 2j + 1 (the two values of lane j's pair).
+    #[target_feature(enable = "bmi2")]
+    unsafe fn interleave(a: u16, b: u16) -> u32 {
+        _pdep_u32(u16::from_le(a) as u32, 0x5555_5555)
+            | _pdep_u32(u16::from_le(b) as u32, 0xAAAA_AAAA)
+    }
+
+    /// Group g of a 4-, 5- or 6-bit tile block straight to bfloat16 pairs, `store(i, v)` for
+    /// pair i of the group: each value's nibble (plus 16 and 32 from its bit planes) becomes a
+    /// 16-bit index into the code table (`vpermw`, `vpermt2w` for 6 bits), with no float32
+    /// round trip. Same codes as [`decode_group`].
+    #[inline(always)]
+    unsafe fn nibble_pairs<const Q: u8>(
+        blk: *const u8,
+        g: usize,
+        index_lo: __m512i,
+        index_hi: __m512i,
+        mut store: impl FnMut(usize, __m512i),
+    ) {
+        let t = ty::<Q>();
+        let bits = t.code_bits();
+        let codes = blk.add(t.group_codes(g));
+        let plane0 = codes.add(t.bit_plane(0));
+        let plane1 = codes.add(t.bit_plane(1));
+        let nibbles = _mm512_set1_epi32(0x000F_000F);
+        let (sixteen, thirty_two) = (_mm512_set1_epi16(16), _mm512_set1_epi16(32));
+        for step in 0..t.group() / 4 {
+            // lane j: the u16 of bytes 2j, 2j+1: bits 0-3 k+0, 4-7 k+2, 8-11 k+1, 12-15 k+3
+            let u =
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(codes.add(step * 32) as *const __m256i));
+            // (A | B) & C: pair (k, k+1) in the low / high words, pair (k+2, k+3) likewise
+            let mut p01 = _mm512_ternarylogic_epi32::<0xA8>(u, _mm512_slli_epi32::<8>(u), nibbles);
+            let mut p23 = _mm512_ternarylogic_epi32::<0xA8>(
+                _mm512_srli_epi32::<4>(u),
+                _mm512_slli_epi32::<4>(u),
+                nibbles,
+            );
+            if bits >= 5 {
+                let m = std::ptr::read_unaligned(plane0.add(step * 8) as *const [u16; 4]);
+                p01 = _mm512_mask_add_epi16(p01, interleave(m[0], m[1]), p01, sixteen);
+                p23 = _mm512_mask_add_epi16(p23, interleave(m[2], m[3]), p23, sixteen);
+            }
+            if bits == 6 {
+                let m = std::ptr::read_unaligned(plane1.add(step * 8) as *const [u16; 4]);
+                p01 = _mm512_mask_add_epi16(p01, interleave(m[0], m[1]), p01, thirty_two);
+                p23 = _mm512_mask_add_epi16(p23, interleave(m[2], m[3]), p23, thirty_two);
+                store(2 * step, _mm512_permutex2var_epi16(index_lo, p01, index_hi));
+                store(
+                    2 * step + 1,
+                    _mm512_permutex2var_epi16(index_lo, p23, index_hi),
+                );
+            } else {
+                store(2 * step, _mm512_permutexvar_epi16(p01, index_lo));
+                store(2 * step + 1, _mm512_permutexvar_epi16(p23, index_lo));
             }
         }
     }

@@ -207,54 +207,62 @@ fn reference_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec
 }
 
 fn check_products(what: &str) {
+    // n = 75: not a multiple of 16 (nor of the 64-output panels); n = 150 with 40 rows: enough
+    // work for 2 threads over 3 panels, so the bfloat16 panels split each panel's rows
+    let shapes: [(usize, &[usize]); 2] = [(75, &[1, 3, 8, 9, 13, 40]), (150, &[40])];
     for t in GgufType::ALL {
-        let k = if t.block_values() == 256 { 512 } else { 96 };
-        let n = 75; // not a multiple of 16 (nor of the 64-output panels)
-        let raw = random_gguf(t, n, k, 5);
-        let p = packed_of(t, &raw, n, k);
-        let w = dequantize_all(t, &p, n, k);
-        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-        for &m in &[1usize, 3, 8, 9, 13, 40] {
-            for x_dtype in [DType::F32, DType::BF16] {
-                let mut rng = Rng(11 + m as u64);
-                let x: Vec<f32> = (0..m * k).map(|_| rng.unit()).collect();
-                let xb: Vec<u16> = x.iter().map(|&v| f32_to_bf16(v)).collect();
-                let xv: Vec<f32> = if x_dtype == DType::BF16 {
-                    xb.iter().map(|&h| bf16_to_f32(h)).collect()
-                } else {
-                    x.clone()
-                };
-                let (want, mag) = reference_product(&xv, &w, m, n, k);
-                let mut out = vec![f32::NAN; m * n];
-                let a = GgufMatmulArgs {
-                    ty: t,
-                    m,
-                    n,
-                    k,
-                    x: if x_dtype == DType::BF16 {
-                        xb.as_ptr() as usize
+        for &(n, ms) in &shapes {
+            let k = if t.block_values() == 256 || n == 150 {
+                512
+            } else {
+                96
+            };
+            let raw = random_gguf(t, n, k, 5);
+            let p = packed_of(t, &raw, n, k);
+            let w = dequantize_all(t, &p, n, k);
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+            for &m in ms {
+                for x_dtype in [DType::F32, DType::BF16] {
+                    let mut rng = Rng(11 + m as u64);
+                    let x: Vec<f32> = (0..m * k).map(|_| rng.unit()).collect();
+                    let xb: Vec<u16> = x.iter().map(|&v| f32_to_bf16(v)).collect();
+                    let xv: Vec<f32> = if x_dtype == DType::BF16 {
+                        xb.iter().map(|&h| bf16_to_f32(h)).collect()
                     } else {
-                        x.as_ptr() as usize
-                    },
-                    x_stride: k,
-                    x_dtype,
-                    out: out.as_mut_ptr() as usize,
-                    out_stride: n,
-                    out_dtype: DType::F32,
-                    packed: p.as_ptr() as usize,
-                    bias: bias.as_ptr() as usize,
-                    threads: 2,
-                };
-                unsafe { gguf_matmul(&a) }.unwrap();
-                for r in 0..m {
-                    for c in 0..n {
-                        let (g, e) = (out[r * n + c] as f64, want[r * n + c] + bias[c] as f64);
-                        let tol = 1e-5 * mag[r * n + c] + 1e-6;
-                        assert!(
-                            (g - e).abs() <= tol,
-                            "{what} {} m={m} {x_dtype:?} [{r},{c}]: {g} vs {e}",
-                            t.name()
-                        );
+                        x.clone()
+                    };
+                    let (want, mag) = reference_product(&xv, &w, m, n, k);
+                    let mut out = vec![f32::NAN; m * n];
+                    let a = GgufMatmulArgs {
+                        ty: t,
+                        m,
+                        n,
+                        k,
+                        x: if x_dtype == DType::BF16 {
+                            xb.as_ptr() as usize
+                        } else {
+                            x.as_ptr() as usize
+                        },
+                        x_stride: k,
+                        x_dtype,
+                        out: out.as_mut_ptr() as usize,
+                        out_stride: n,
+                        out_dtype: DType::F32,
+                        packed: p.as_ptr() as usize,
+                        bias: bias.as_ptr() as usize,
+                        threads: 2,
+                    };
+                    unsafe { gguf_matmul(&a) }.unwrap();
+                    for r in 0..m {
+                        for c in 0..n {
+                            let (g, e) = (out[r * n + c] as f64, want[r * n + c] + bias[c] as f64);
+                            let tol = 1e-5 * mag[r * n + c] + 1e-6;
+                            assert!(
+                                (g - e).abs() <= tol,
+                                "{what} {} m={m} {x_dtype:?} [{r},{c}]: {g} vs {e}",
+                                t.name()
+                            );
+                        }
                     }
                 }
             }
