@@ -5,6 +5,11 @@
 //! sum(x)) in float32. A bfloat16 activation times a code is exact, so the result is the
 //! float32 product of the dequantized weight up to float32 accumulation order.
 //!
+//! The decode is a fifth of a 32-row product, so it writes bfloat16 codes directly: 4- to 6-bit
+//! codes become a 16-bit index into a table of bfloat16 codes (`vpermw`), Q8_0's bytes become
+//! float32 whose high halves are gathered (`vpermt2w`). Products of few panels (576 outputs:
+//! 9) split each panel's rows over the threads, so that no thread gets a whole panel more.
+//!
 //! For tests on CPUs without AVX512-BF16, [`set_emulation`] runs the same kernel with each
 //! `vdpbf16ps` replaced by two float32 FMAs (only the instruction differs).
 
@@ -90,7 +95,7 @@ mod kernel {
     use std::ops::Range;
 
     use super::super::elem::f32_to_bf16;
-    use super::super::gguf_decode::{decode_group, nibble_table, scale_offset, ty};
+    use super::super::gguf_decode::{scale_offset, ty};
     use super::super::gguf_layout::{GgufType, TILE};
     use super::super::gguf_matmul::{store_row, GgufMatmulArgs, ROW_BLOCK};
     use super::super::parallel::{parallel_for, threads_for};
@@ -273,7 +278,8 @@ mod kernel {
         if items.is_empty() {
             return;
         }
-        for p in items.start / w.parts..=(items.end - 1) / w.parts {
+        let (p_first, p_last) = (items.start / w.parts, (items.end - 1) / w.parts);
+        for p in p_first..=p_last {
             let t0 = p * NB;
             let nt = (tiles - t0).min(NB);
             // this thread's rows of panel p: its parts [part0, part1)
@@ -284,8 +290,20 @@ mod kernel {
             while k0 < a.k {
                 let k1 = (k0 + kc).min(a.k);
                 decode_panel::<Q>(a, t0, nt, k0, k1, s);
+                // the packed bytes this thread decodes next come from memory while this chunk's
+                // rows compute (the weights of a step do not stay in cache between steps)
+                let mut ahead = if k1 < a.k {
+                    Prefetch::new(a, t0, (tiles - t0).min(NB), k1, (k1 + kc).min(a.k))
+                } else if p < p_last {
+                    let t1 = t0 + NB;
+                    Prefetch::new(a, t1, (tiles - t1).min(NB), 0, kc)
+                } else {
+                    Prefetch::default()
+                };
+                let per_call = ahead.lines().div_ceil((last - first).div_ceil(MR).max(1));
                 let mut r = first;
                 while r < last {
+                    ahead.issue(per_call);
                     let rr = (last - r).min(MR);
                     match rr {
                         1 => micro::<D, Q, 1>(s, x, r, k0, k1, k0 > 0),
@@ -305,6 +323,60 @@ mod kernel {
         }
     }
 
+    /// Cache lines of the packed bytes of tiles [t0, t0 + nt) over [k0, k1), prefetched into
+    /// L2 a few at a time.
+    #[derive(Default)]
+    struct Prefetch {
+        /// each tile's byte range (start, end)
+        ranges: [(usize, usize); NB],
+        tiles: usize,
+        /// the tile and address of the next line
+        tile: usize,
+        at: usize,
+    }
+
+    impl Prefetch {
+        fn new(a: &GgufMatmulArgs, t0: usize, nt: usize, k0: usize, k1: usize) -> Self {
+            let t = a.ty;
+            let (kb, bb) = (t.block_values(), t.tile_block_bytes());
+            let blocks = a.k / kb;
+            let mut ranges = [(0, 0); NB];
+            for (c, r) in ranges.iter_mut().enumerate().take(nt) {
+                let base = a.packed + (t0 + c) * blocks * bb;
+                *r = (base + k0 / kb * bb, base + k1.div_ceil(kb) * bb);
+            }
+            Prefetch {
+                ranges,
+                tiles: nt,
+                tile: 0,
+                at: ranges[0].0,
+            }
+        }
+
+        fn lines(&self) -> usize {
+            self.ranges[..self.tiles]
+                .iter()
+                .map(|r| (r.1 - r.0).div_ceil(64))
+                .sum()
+        }
+
+        #[inline(always)]
+        unsafe fn issue(&mut self, mut n: usize) {
+            while n > 0 && self.tile < self.tiles {
+                if self.at >= self.ranges[self.tile].1 {
+                    self.tile += 1;
+                    if self.tile < self.tiles {
+                        self.at = self.ranges[self.tile].0;
+                    }
+                    continue;
+                }
+                _mm_prefetch::<_MM_HINT_T1>(self.at as *const i8);
+                self.at += 64;
+                n -= 1;
+            }
+        }
+    }
+
     /// Codes of tiles [t0, t0 + nt) over [k0, k1) as bfloat16 pairs [pair][NB][16 x 2], and
     /// each group's S and O [group][NB][16]; missing tiles are zero.
     #[inline(always)]
@@ -319,11 +391,8 @@ mod kernel {
         let t = ty::<Q>();
         let (kb, gk, bb) = (t.block_values(), t.group(), t.tile_block_bytes());
         let blocks = a.k / kb;
-        let tab = nibble_table(t);
-        let table = _mm512_loadu_ps(tab.as_ptr());
         let (index_lo, index_hi) = code_index_tables(t);
         let codes = s.codes.as_mut_ptr();
-        let high = _mm512_set1_epi32(-65536);
         for c in 0..NB {
             if c >= nt {
                 for pair in 0..(k1 - k0) / 2 {
@@ -359,28 +428,53 @@ mod kernel {
                     };
                     if t.code_bits() < 8 {
                         nibble_pairs::<Q>(blk, g, index_lo, index_hi, store);
-                        continue;
+                    } else {
+                        byte_pairs::<Q>(blk, g, store);
                     }
-                    let mut even = _mm512_setzero_si512();
-                    decode_group::<Avx512, Q, _>(
-                        blk,
-                        g,
-                        table,
-                        #[inline(always)]
-                        |i, v| {
-                            // codes are small integers: their float32 high halves are exact bfloat16
-                            let v = _mm512_castps_si512(v);
-                            if i % 2 == 0 {
-                                even = _mm512_srli_epi32::<16>(v);
-                            } else {
-                                store(i / 2, _mm512_or_si512(even, _mm512_and_si512(v, high)));
-                            }
-                        },
-                    );
                 }
             }
         }
     }
+
+    /// Group g of an 8-bit tile block (Q8_0) to bfloat16 pairs, `store(i, v)` for pair i: its
+    /// 32 bytes are already in pair order (column j's k, k + 1 at bytes 2j, 2j + 1), so each
+    /// byte becomes a float32 and `vpermt2w` keeps the high halves (exact: |q| <= 128).
+    #[inline(always)]
+    unsafe fn byte_pairs<const Q: u8>(
+        blk: *const u8,
+        g: usize,
+        mut store: impl FnMut(usize, __m512i),
+    ) {
+        let t = ty::<Q>();
+        let codes = blk.add(t.group_codes(g));
+        let high_halves = _mm512_loadu_si512(HIGH_HALVES.as_ptr() as *const _);
+        for i in 0..t.group() / 2 {
+            let p = codes.add(i * 32);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                p.add(16) as *const __m128i
+            )));
+            store(
+                i,
+                _mm512_permutex2var_epi16(
+                    _mm512_castps_si512(lo),
+                    high_halves,
+                    _mm512_castps_si512(hi),
+                ),
+            );
+        }
+    }
+
+    /// Word i: 2i + 1, the high half of 32-bit lane i of a two-vector table.
+    const HIGH_HALVES: [u16; 32] = {
+        let mut w = [0u16; 32];
+        let mut i = 0;
+        while i < 32 {
+            w[i] = 2 * i as u16 + 1;
+            i += 1;
+        }
+        w
+    };
 
     /// The bfloat16 code of each 6-bit index (entries 0-31, 32-63): idx - zp, exact.
     #[inline(always)]
@@ -405,7 +499,7 @@ mod kernel {
     /// Group g of a 4-, 5- or 6-bit tile block straight to bfloat16 pairs, `store(i, v)` for
     /// pair i of the group: each value's nibble (plus 16 and 32 from its bit planes) becomes a
     /// 16-bit index into the code table (`vpermw`, `vpermt2w` for 6 bits), with no float32
-    /// round trip. Same codes as [`decode_group`].
+    /// round trip. Same codes as `gguf_decode::decode_group`.
     #[inline(always)]
     unsafe fn nibble_pairs<const Q: u8>(
         blk: *const u8,
