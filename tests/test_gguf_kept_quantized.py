@@ -221,6 +221,20 @@ def test_greedy_batch_of_8_agrees_with_the_float32_model(tmp_path, family):
         assert chunked == ours
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_small_batches_activation_dtype(tmp_path, family):
+    """A bfloat16 model kept quantized: one row computes with float32 activations (memory-bound: they cost
+    nothing); 2-8 rows with bfloat16 ones where AVX512-BF16 streams the 4-6-bit weights with `vdpbf16ps`
+    (float32 without it), except in mixture-of-experts models, whose routing keeps the float32 choice."""
+    p = Pair(family, tmp_path)
+    model = build_model(p.kept.config, p.kept.weights, dtype=torch.bfloat16)
+    assert model.compute_dtype(1) == torch.float32
+    small = torch.bfloat16 if quantized.native_bf16() and family != "qwen3_moe" else torch.float32
+    assert [model.compute_dtype(r) for r in (2, 5, 8)] == [small] * 3
+    # a Q8_0 weight (the SmolLM2 head's type) streams faster on float32 activations
+    assert quantized.prefers_float32(5, eight_bit=True)
+
+
 def test_preemption_gives_the_same_tokens(tmp_path, monkeypatch):
     """A KV pool too small for 8 sequences at once: requests are preempted and recomputed."""
     # the recomputed prefills are smaller batches than the first ones: keep every >= 12-row bfloat16 product on

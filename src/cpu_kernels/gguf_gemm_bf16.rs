@@ -90,7 +90,7 @@ pub unsafe fn run(_a: &GgufMatmulArgs) -> Result<(), String> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod kernel {
+pub(super) mod kernel {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -129,7 +129,7 @@ mod kernel {
     }
 
     /// A pair dot product: `vdpbf16ps` or its float32 emulation.
-    trait PairDot {
+    pub(in super::super) trait PairDot {
         type X: Copy;
         /// The bfloat16 pair at `p`, in every lane.
         unsafe fn bcast(p: *const u16) -> Self::X;
@@ -137,8 +137,8 @@ mod kernel {
         unsafe fn dot(acc: __m512, w: __m512i, x: Self::X) -> __m512;
     }
 
-    struct Native;
-    struct Emulated;
+    pub(in super::super) struct Native;
+    pub(in super::super) struct Emulated;
 
     impl PairDot for Native {
         type X = __m512i;
@@ -478,7 +478,7 @@ mod kernel {
 
     /// The bfloat16 code of each 6-bit index (entries 0-31, 32-63): idx - zp, exact.
     #[inline(always)]
-    unsafe fn code_index_tables(t: GgufType) -> (__m512i, __m512i) {
+    pub(in super::super) unsafe fn code_index_tables(t: GgufType) -> (__m512i, __m512i) {
         let mut words = [0u16; 64];
         for (n, w) in words.iter_mut().enumerate() {
             *w = f32_to_bf16((n as i32 - t.zero_point()) as f32);
@@ -501,7 +501,7 @@ mod kernel {
     /// 16-bit index into the code table (`vpermw`, `vpermt2w` for 6 bits), with no float32
     /// round trip. Same codes as `gguf_decode::decode_group`.
     #[inline(always)]
-    unsafe fn nibble_pairs<const Q: u8>(
+    pub(in super::super) unsafe fn nibble_pairs<const Q: u8>(
         blk: *const u8,
         g: usize,
         index_lo: __m512i,

@@ -5,7 +5,9 @@
 //!   the packed bytes once, in order, decodes each group's codes in registers (`gguf_decode`)
 //!   and accumulates every row with float32 FMAs against float32 activations; per group and
 //!   row y += S * sum(x c) (+ O * sum(x)). With one or two rows the sums run on several
-//!   independent accumulators so the FMA latency does not bound the stream.
+//!   independent accumulators so the FMA latency does not bound the stream. With 2 or more rows
+//!   of bfloat16 activations and AVX512-BF16, `gguf_gemv_bf16` streams the same way with
+//!   `vdpbf16ps` on bfloat16 codes.
 //! - larger m (prefill chunks, big batches): compute-bound. Rows go in blocks of [`ROW_BLOCK`];
 //!   for each block the weight is decoded once per panel of 64 outputs and reused by every row:
 //!   `gguf_gemm` dequantizes the panel exactly to float32 and runs an FMA microkernel (6 rows x 64
@@ -22,7 +24,7 @@ use super::gguf_decode::{decode_group, nibble_table, scale_offset, ty, QuantIsa}
 use super::gguf_layout::{check_shape, GgufType, TILE};
 use super::parallel::{parallel_for, row_blocks, threads_for};
 use super::simd::{prefetch, Elem, Isa};
-use super::{gguf_gemm, gguf_gemm_bf16, DType};
+use super::{gguf_gemm, gguf_gemm_bf16, gguf_gemv_bf16, DType};
 use crate::{dispatch, with_elem, with_gguf_type};
 
 /// Rows up to which the streaming (memory-bound) kernel is used.
@@ -146,7 +148,13 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
         let threads = threads_for(a.n * a.k * a.m.div_ceil(2) / 4, tiles, a.threads);
         PREPARED.with(|p| {
             let x = prepare(a, 0, a.m, a.ty.has_offset(), &mut p.borrow_mut());
-            parallel_for(tiles, threads, |_| 1, |r| gemv(a, &x, r.start, r.end));
+            if gguf_gemv_bf16::applies(a) {
+                parallel_for(tiles, threads, |_| 1, |r| {
+                    gguf_gemv_bf16::run(a, &x, r.start, r.end)
+                });
+            } else {
+                parallel_for(tiles, threads, |_| 1, |r| gemv(a, &x, r.start, r.end));
+            }
         });
         return Ok(());
     }
@@ -188,7 +196,7 @@ pub unsafe fn store_row<S: Isa>(a: &GgufMatmulArgs, row: usize, n0: usize, v: S:
 }
 
 /// How far ahead (bytes) the next groups' codes are prefetched.
-const PREFETCH_AHEAD: usize = 1536;
+pub const PREFETCH_AHEAD: usize = 1536;
 
 /// The streaming product: tiles [t0, t1), all a.m (1..=8) rows.
 fn gemv(a: &GgufMatmulArgs, x: &XRows, t0: usize, t1: usize) {

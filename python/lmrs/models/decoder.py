@@ -13,7 +13,9 @@ Precision: float32 everywhere reproduces Hugging Face float32. With bfloat16 / f
 and matrix products use that dtype, but the residual stream, norms, RoPE, softmax and attention
 products stay in float32, and the output head's top candidates are recomputed in float32. Small
 batches on the CPU run on quantized twins that take float32 activations (`lmrs.models.quant`):
-there every activation is float32 and only the KV cache is 16-bit.
+there every activation is float32 and only the KV cache is 16-bit. GGUF weights kept quantized take
+float32 activations at one row; 2 to 8 rows of 4- to 6-bit weights take bfloat16 ones with AVX512-BF16
+(its streaming kernel is 2x faster there), except in mixture-of-experts models (`compute_dtype`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import torch
 
 from .attention_metadata import AttentionMetadata
 from .linear import Linear
+from .quantized import STREAMING_ROWS
 from .layers.embedding import LMHead, TokenEmbedding
+from .layers.moe import SparseMoE
 from .layers.norm import RMSNorm
 from .layers.step import StepContext
 
@@ -74,6 +78,10 @@ class DecoderModel:
         if self.dtype == torch.float32 or not self.layers:
             return self.dtype
         if all(lin.accepts_float32(rows) for lin in self.layers[0].linears()):
+            return torch.float32
+        if rows <= STREAMING_ROWS and any(isinstance(layer.mlp, SparseMoE) for layer in self.layers):
+            # bfloat16 rounding of the router's input flips near-tied expert choices (whole different
+            # experts, not a rounding of the result): small batches keep the float32 model's routing
             return torch.float32
         return self.dtype
 

@@ -317,10 +317,17 @@ def native_bf16() -> bool:
     return _core.cpu_kernels_isa() == "avx512bf16"
 
 
-def prefers_float32(rows: int) -> bool:
-    """Whether float32 activations cost no more than bfloat16 ones in a product of `rows` rows: always for
-    streaming products, and for larger ones unless AVX512-BF16 makes bfloat16 activations faster."""
-    return rows <= STREAMING_ROWS or not (native_bf16() or _dense.dense_gemm_pays(rows))
+def prefers_float32(rows: int, eight_bit: bool = False) -> bool:
+    """Whether float32 activations cost no more than bfloat16 ones in a product of `rows` rows: for one row
+    (memory-bound), for streaming products without AVX512-BF16 or of 8-bit weights (`eight_bit`: Q8_0),
+    and for larger ones unless AVX512-BF16 or the dense GEMM makes bfloat16 activations faster. With
+    AVX512-BF16, 2 to 8 rows of a 4- to 6-bit weight stream it with `vdpbf16ps` (`gguf_gemv_bf16.rs`):
+    2-2.3x the float32 kernel at 5-8 rows."""
+    if rows <= 1:
+        return True
+    if rows <= STREAMING_ROWS:
+        return eight_bit or not native_bf16()
+    return not (native_bf16() or _dense.dense_gemm_pays(rows))
 
 
 class QuantizedLinear:
@@ -363,7 +370,7 @@ class QuantizedLinear:
     def accepts_float32(self, rows: int) -> bool:
         """Whether a product of `rows` rows should take float32 activations (it returns float32 then): see
         :func:`prefers_float32`. Any dtype is accepted at any row count."""
-        return prefers_float32(rows)
+        return prefers_float32(rows, any(s.type_name == "Q8_0" for s in self.segments))
 
     @property
     def nbytes(self) -> int:
