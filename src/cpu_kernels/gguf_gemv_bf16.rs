@@ -1,8 +1,8 @@
 //! The streaming product for 2 to [`GEMV_MAX_ROWS`] rows of bfloat16 activations on AVX512-BF16
 //! (small decode batches, speculative verification of K + 1 positions): like the float32
 //! streaming kernel (`gguf_matmul`) it reads the packed bytes once, in order, and keeps every
-//! row's outputs in registers, but each group's codes become bfloat16 pairs (the decode of the
-//! large-batch path, `gguf_gemm_bf16`) and every row accumulates them with `vdpbf16ps`: one
+//! row's outputs in registers, but each group's codes become bfloat16 pairs (`gguf_pairs_bf16`,
+//! as in the large-batch panels) and every row accumulates them with `vdpbf16ps`: one
 //! instruction per two input features and row where the float32 kernel needs two FMAs and two
 //! broadcasts. A bfloat16 activation times a code is exact, so the result is the float32 product
 //! of the dequantized weight up to float32 accumulation order, as on every other path.
@@ -47,11 +47,11 @@ mod kernel {
     use std::arch::x86_64::*;
 
     use super::super::gguf_decode::{scale_offset, ty};
-    use super::super::gguf_gemm_bf16::kernel::{
-        code_index_tables, nibble_pairs, Emulated, Native, PairDot,
-    };
     use super::super::gguf_layout::TILE;
     use super::super::gguf_matmul::{store_row, GgufMatmulArgs, XRows, PREFETCH_AHEAD};
+    use super::super::gguf_pairs_bf16::{
+        code_index_tables, nibble_pairs, Emulated, Native, PairDot,
+    };
     use super::super::simd::{prefetch, Avx512};
     use crate::with_gguf_type;
 

@@ -148,13 +148,19 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
         let threads = threads_for(a.n * a.k * a.m.div_ceil(2) / 4, tiles, a.threads);
         PREPARED.with(|p| {
             let x = prepare(a, 0, a.m, a.ty.has_offset(), &mut p.borrow_mut());
-            if gguf_gemv_bf16::applies(a) {
-                parallel_for(tiles, threads, |_| 1, |r| {
-                    gguf_gemv_bf16::run(a, &x, r.start, r.end)
-                });
-            } else {
-                parallel_for(tiles, threads, |_| 1, |r| gemv(a, &x, r.start, r.end));
-            }
+            let bf16 = gguf_gemv_bf16::applies(a);
+            parallel_for(
+                tiles,
+                threads,
+                |_| 1,
+                |r| {
+                    if bf16 {
+                        gguf_gemv_bf16::run(a, &x, r.start, r.end)
+                    } else {
+                        gemv(a, &x, r.start, r.end)
+                    }
+                },
+            );
         });
         return Ok(());
     }

@@ -51,6 +51,8 @@ class DecoderModel:
         self.num_kv_heads = num_kv_heads  # this rank's KV heads (the KV cache's width)
         self.head_dim = config.head_dim
         self.rotaries = list(rotaries or [])  # the RoPE tables the layers share
+        # mixture-of-experts layers keep float32 activations at streaming sizes (`compute_dtype`)
+        self.has_moe = any(isinstance(getattr(layer, "mlp", None), SparseMoE) for layer in layers)
 
     def set_max_model_len(self, max_model_len: int) -> None:
         """Tell the model the longest sequence it will see (LongRoPE picks its factors by it)."""
@@ -79,7 +81,7 @@ class DecoderModel:
             return self.dtype
         if all(lin.accepts_float32(rows) for lin in self.layers[0].linears()):
             return torch.float32
-        if rows <= STREAMING_ROWS and any(isinstance(layer.mlp, SparseMoE) for layer in self.layers):
+        if rows <= STREAMING_ROWS and self.has_moe:
             # bfloat16 rounding of the router's input flips near-tied expert choices (whole different
             # experts, not a rounding of the result): small batches keep the float32 model's routing
             return torch.float32

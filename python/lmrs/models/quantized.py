@@ -362,6 +362,8 @@ class QuantizedLinear:
             self._bias_parts.append(None if bias is None else bias[col: col + s.rows])
             col += s.rows
         self.source = None  # Linear's checkpoint copy: none, the quantized weight is the only copy
+        # Q8_0 streams faster on float32 activations (`prefers_float32`)
+        self._eight_bit = any(s.type_name == "Q8_0" for s in self.segments)
 
     def prepack(self) -> bool:
         """Nothing to prepack (the layout is built at load)."""
@@ -370,7 +372,7 @@ class QuantizedLinear:
     def accepts_float32(self, rows: int) -> bool:
         """Whether a product of `rows` rows should take float32 activations (it returns float32 then): see
         :func:`prefers_float32`. Any dtype is accepted at any row count."""
-        return prefers_float32(rows, any(s.type_name == "Q8_0" for s in self.segments))
+        return prefers_float32(rows, self._eight_bit)
 
     @property
     def nbytes(self) -> int:
