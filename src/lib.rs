@@ -10,9 +10,10 @@ pub mod id_map;
 pub mod invariants;
 pub mod kv_cache_manager;
 pub mod plan;
-mod py_core;
-mod py_finish_reason;
 mod py_args;
+mod py_core;
+mod py_decoder_program;
+mod py_finish_reason;
 mod py_gguf_kernels;
 mod py_grammar;
 mod py_kernels;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_core::register(m)?;
     py_kernels::register(m)?;
     py_grammar::register(m)?;
+    py_decoder_program::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

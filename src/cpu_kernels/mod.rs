@@ -16,9 +16,11 @@
 //! head's refinement), `gguf_decode` (codes to vectors) and `gguf_matmul` (the product for any
 //! number of rows: streaming, then `gguf_gemm` / `gguf_gemm_bf16` for larger batches) and
 //! `gguf_dequant_bf16` (tiles to a transposed bfloat16 scratch for oneDNN's GEMM on AMX machines).
+//! `decoder_program` runs a whole decoder forward pass (these kernels, layer after layer) in one call.
 
 pub mod activation;
 pub mod attention;
+pub mod decoder_program;
 pub mod elem;
 pub mod gguf_decode;
 pub mod gguf_dequant_bf16;
@@ -26,8 +28,8 @@ pub mod gguf_gemm;
 pub mod gguf_gemm_bf16;
 pub mod gguf_gemv_bf16;
 pub mod gguf_layout;
-pub mod gguf_pairs_bf16;
 pub mod gguf_matmul;
+pub mod gguf_pairs_bf16;
 pub mod gguf_rows;
 pub mod isa_select;
 pub mod logits;

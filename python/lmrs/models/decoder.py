@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .attention_metadata import AttentionMetadata
+from .cpu_program import build_cpu_program
 from .linear import Linear
 from .quantized import STREAMING_ROWS
 from .layers.embedding import LMHead, TokenEmbedding
@@ -53,6 +54,10 @@ class DecoderModel:
         self.rotaries = list(rotaries or [])  # the RoPE tables the layers share
         # mixture-of-experts layers keep float32 activations at streaming sizes (`compute_dtype`)
         self.has_moe = any(isinstance(getattr(layer, "mlp", None), SparseMoE) for layer in layers)
+        # CPU: the layer stack as one Rust call (`cpu_program`); None until the first step, False where
+        # it does not apply; rebuilt when the caches, RoPE tables or kernel module change
+        self._program = None
+        self._program_kernels = None
 
     def set_max_model_len(self, max_model_len: int) -> None:
         """Tell the model the longest sequence it will see (LongRoPE picks its factors by it)."""
@@ -90,7 +95,11 @@ class DecoderModel:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """float32 hidden states [T, hidden] after the final norm, for every input token."""
-        step = StepContext(positions, attn, self.compute_dtype(input_ids.shape[0]))
+        compute_dtype = self.compute_dtype(input_ids.shape[0])
+        program = self._cpu_program(kv_caches)
+        if program is not None and program.covers(input_ids.shape[0], compute_dtype):
+            return program.run(self.embedding(input_ids), positions, attn, compute_dtype)
+        step = StepContext(positions, attn, compute_dtype)
         x = self.embedding(input_ids)
         residual = None
         for layer, kv in zip(self.layers, kv_caches):
@@ -98,6 +107,18 @@ class DecoderModel:
         if residual is None:
             return self.norm(x, torch.float32)
         return self.norm.add_and_norm(x, residual, torch.float32)[0]
+
+    def _cpu_program(self, kv_caches):
+        """The layer stack as one Rust call (`cpu_program`) for these caches, built on first use; None where
+        it does not apply (other devices, kernels, blocks or weight formats)."""
+        if self.device.type != "cpu":
+            return None
+        prog = self._program
+        if prog is not None and (prog is False or prog.current(self, kv_caches)) and self._program_kernels is self.kernels:
+            return prog or None
+        self._program = build_cpu_program(self, kv_caches) or False
+        self._program_kernels = self.kernels
+        return self._program or None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [rows, vocab] for final hidden states (float32 [rows, hidden])."""
