@@ -213,6 +213,21 @@ fn cpu_gguf_matmul(
     run(py, move || unsafe { gguf_matmul(&a) })
 }
 
+/// Let bfloat16 products of 4-bit and Q8_0 weights at more than 8 rows take 8-bit activations on
+/// AVX512-VNNI (True) or not (False, the default); returns whether such a product takes them now
+/// (the CPU has AVX512-VNNI and the path is on).
+#[pyfunction]
+fn cpu_gguf_int8_activations(on: bool) -> bool {
+    crate::cpu_kernels::gguf_gemm_i8::set_enabled(on);
+    on && crate::cpu_kernels::gguf_gemm_i8::vnni()
+}
+
+/// How many products took 8-bit activations since the process started.
+#[pyfunction]
+fn cpu_gguf_int8_products() -> usize {
+    crate::cpu_kernels::gguf_gemm_i8::products()
+}
+
 /// Recompute each row's `k` largest logits exactly from float32 hidden states and the tiled
 /// [vocab, hidden_size] table of type `ty`.
 #[pyfunction]
@@ -296,6 +311,12 @@ fn cpu_has_amx_bf16() -> bool {
     crate::cpu_kernels::simd::amx_bf16_detected()
 }
 
+/// Whether this CPU has AVX-512 with VNNI (the 8-bit activation products).
+#[pyfunction]
+fn cpu_has_avx512_vnni() -> bool {
+    crate::cpu_kernels::gguf_gemm_i8::vnni()
+}
+
 /// Run the bfloat16 large-batch kernel with emulated `vdpbf16ps` on AVX-512 CPUs without
 /// AVX512-BF16 (True), or only natively (False); for tests.
 #[pyfunction]
@@ -304,6 +325,9 @@ fn cpu_gguf_emulate_bf16(on: bool) {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cpu_gguf_int8_activations, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_gguf_int8_products, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_has_avx512_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gguf_types, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gguf_packed_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gguf_row_bytes, m)?)?;

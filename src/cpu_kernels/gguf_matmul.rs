@@ -24,7 +24,7 @@ use super::gguf_decode::{decode_group, nibble_table, scale_offset, ty, QuantIsa}
 use super::gguf_layout::{check_shape, GgufType, TILE};
 use super::parallel::{parallel_for, row_blocks, threads_for};
 use super::simd::{prefetch, Elem, Isa};
-use super::{gguf_gemm, gguf_gemm_bf16, gguf_gemv_bf16, DType};
+use super::{gguf_gemm, gguf_gemm_bf16, gguf_gemm_i8, gguf_gemv_bf16, DType};
 use crate::{dispatch, with_elem, with_gguf_type};
 
 /// Rows up to which the streaming (memory-bound) kernel is used.
@@ -163,6 +163,9 @@ pub unsafe fn gguf_matmul(a: &GgufMatmulArgs) -> Result<(), String> {
             );
         });
         return Ok(());
+    }
+    if gguf_gemm_i8::applies(a) {
+        return gguf_gemm_i8::run(a);
     }
     if gguf_gemm_bf16::applies(a) {
         return gguf_gemm_bf16::run(a);

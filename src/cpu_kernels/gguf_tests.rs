@@ -6,6 +6,7 @@
 
 use super::elem::{bf16_to_f32, f32_to_bf16, f32_to_f16};
 use super::gguf_gemm_bf16::set_emulation;
+use super::gguf_gemm_i8::{set_enabled as set_int8, vnni};
 use super::gguf_layout::{
     gguf_decode, gguf_encode, gguf_row_bytes, packed_bytes, BlockVals, GgufType,
 };
@@ -206,11 +207,39 @@ fn reference_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec
     (y, mag)
 }
 
-fn check_products(what: &str) {
+/// bfloat16 activation rows [m, k] as the 8-bit activation product sees them: per 32-value group
+/// dx * round(x / dx), dx = max |x| / 127.
+fn int8_activations(x: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks(k).zip(out.chunks_mut(k)) {
+        for (g, d) in src.chunks(32).zip(dst.chunks_mut(32)) {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let dx = amax / 127.0;
+            let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+            for (v, o) in g.iter().zip(d.iter_mut()) {
+                *o = dx * (v * id).round_ties_even().clamp(-128.0, 127.0);
+            }
+        }
+    }
+    out
+}
+
+/// Every kept type's product against the float64 product of its dequantized weight, for float32
+/// and bfloat16 activations; with `int8`, only the products that take 8-bit activations (more
+/// than 8 bfloat16 rows of a 4-bit or Q8_0 weight), against the quantized activations.
+fn check_products(what: &str, int8: bool) {
     // n = 75: not a multiple of 16 (nor of the 64-output panels); n = 150 with 40 rows: enough
     // work for 2 threads over 3 panels, so the bfloat16 panels split each panel's rows
     let shapes: [(usize, &[usize]); 2] = [(75, &[1, 3, 8, 9, 13, 40]), (150, &[40])];
     for t in GgufType::ALL {
+        if int8
+            && !matches!(
+                t,
+                GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q4_K | GgufType::Q8_0
+            )
+        {
+            continue;
+        }
         for &(n, ms) in &shapes {
             let k = if t.block_values() == 256 || n == 150 {
                 512
@@ -223,14 +252,20 @@ fn check_products(what: &str) {
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
             for &m in ms {
                 for x_dtype in [DType::F32, DType::BF16] {
+                    if int8 && (x_dtype != DType::BF16 || m <= 8) {
+                        continue;
+                    }
                     let mut rng = Rng(11 + m as u64);
                     let x: Vec<f32> = (0..m * k).map(|_| rng.unit()).collect();
                     let xb: Vec<u16> = x.iter().map(|&v| f32_to_bf16(v)).collect();
-                    let xv: Vec<f32> = if x_dtype == DType::BF16 {
+                    let mut xv: Vec<f32> = if x_dtype == DType::BF16 {
                         xb.iter().map(|&h| bf16_to_f32(h)).collect()
                     } else {
                         x.clone()
                     };
+                    if int8 {
+                        xv = int8_activations(&xv, k);
+                    }
                     let (want, mag) = reference_product(&xv, &w, m, n, k);
                     let mut out = vec![f32::NAN; m * n];
                     let a = GgufMatmulArgs {
@@ -273,14 +308,23 @@ fn check_products(what: &str) {
 #[test]
 fn products_match_the_dequantized_weight() {
     let _g = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_int8(false);
     set_force_portable(true);
-    check_products("portable");
+    check_products("portable", false);
     set_force_portable(false);
     if avx512_detected() {
-        check_products("avx512");
+        check_products("avx512", false);
         set_emulation(true);
-        check_products("avx512 + bf16 panels (emulated)");
+        check_products("avx512 + bf16 panels (emulated)", false);
         set_emulation(false);
+    }
+    set_int8(true);
+    if vnni() {
+        check_products("avx512 + 8-bit activations (VNNI)", true);
+        set_int8(false);
+    } else {
+        set_int8(false);
+        eprintln!("no AVX512-VNNI: the 8-bit activation products are not checked here");
     }
 }
 

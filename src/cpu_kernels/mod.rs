@@ -26,6 +26,7 @@ pub mod gguf_decode;
 pub mod gguf_dequant_bf16;
 pub mod gguf_gemm;
 pub mod gguf_gemm_bf16;
+pub mod gguf_gemm_i8;
 pub mod gguf_gemv_bf16;
 pub mod gguf_layout;
 pub mod gguf_matmul;

@@ -87,6 +87,7 @@ def build_model_and_cache(cfg: EngineConfig, loaded: LoadedModel, device: str, p
     mc = loaded.config
     dtype = resolve_dtype(cfg.dtype, device, mc.torch_dtype)
     model = build_model(mc, loaded.weights, dtype=dtype, device=device, parallel=parallel)
+    model.int8_decode = cfg.cpu_decode_activations == "int8"
     if device == "cpu" and cfg.quantize != "none" and dtype != torch.float32:
         from lmrs.models.quant import quantize_for_small_batches
 

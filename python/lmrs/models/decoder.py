@@ -15,7 +15,8 @@ products stay in float32, and the output head's top candidates are recomputed in
 batches on the CPU run on quantized twins that take float32 activations (`lmrs.models.quant`):
 there every activation is float32 and only the KV cache is 16-bit. GGUF weights kept quantized take
 float32 activations at one row; 2 to 8 rows of 4- to 6-bit weights take bfloat16 ones with AVX512-BF16
-(its streaming kernel is 2x faster there), except in mixture-of-experts models (`compute_dtype`).
+(its streaming kernel is 2x faster there), except in mixture-of-experts models (`compute_dtype`). Decode steps
+of more than 8 rows may round the activations of 4-bit and Q8_0 products to 8 bits (`int8_decode`, AVX512-VNNI).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from .attention_metadata import AttentionMetadata
 from .cpu_program import build_cpu_program
 from .linear import Linear
-from .quantized import STREAMING_ROWS
+from .quantized import STREAMING_ROWS, set_int8_activations
 from .layers.embedding import LMHead, TokenEmbedding
 from .layers.moe import SparseMoE
 from .layers.norm import RMSNorm
@@ -58,6 +59,9 @@ class DecoderModel:
         # it does not apply; rebuilt when the caches, RoPE tables or kernel module change
         self._program = None
         self._program_kernels = None
+        # CPU decode steps of more than 8 rows with 4-bit / Q8_0 GGUF weights kept quantized: activations
+        # rounded to 8 bits for the VNNI products (set by the engine from `cpu_decode_activations`)
+        self.int8_decode = False
 
     def set_max_model_len(self, max_model_len: int) -> None:
         """Tell the model the longest sequence it will see (LongRoPE picks its factors by it)."""
@@ -95,9 +99,14 @@ class DecoderModel:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """float32 hidden states [T, hidden] after the final norm, for every input token."""
-        compute_dtype = self.compute_dtype(input_ids.shape[0])
+        rows = input_ids.shape[0]
+        compute_dtype = self.compute_dtype(rows)
+        if self.device.type == "cpu":
+            # 8-bit activations in decode steps only: prompts keep bfloat16 products, so the KV cache every
+            # later token attends to is not rounded to 8 bits
+            set_int8_activations(self.int8_decode and rows > STREAMING_ROWS and attn.num_decode_rows == rows)
         program = self._cpu_program(kv_caches)
-        if program is not None and program.covers(input_ids.shape[0], compute_dtype):
+        if program is not None and program.covers(rows, compute_dtype):
             return program.run(self.embedding(input_ids), positions, attn, compute_dtype)
         step = StepContext(positions, attn, compute_dtype)
         x = self.embedding(input_ids)

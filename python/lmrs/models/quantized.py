@@ -310,6 +310,24 @@ def weight_nbytes(w) -> int:
 #: rows up to which products stream the weight (memory-bound; float32 activations cost nothing extra)
 STREAMING_ROWS = 8
 
+_int8_now = [False]  # the Rust switch's state (set once per step)
+
+
+def vnni_available() -> bool:
+    """Whether this CPU runs the 8-bit activation products (AVX-512 with VNNI)."""
+    return _core.cpu_has_avx512_vnni()
+
+
+def set_int8_activations(on: bool) -> None:
+    """Let the bfloat16 products of more than STREAMING_ROWS rows of 4-bit and Q8_0 weights round their
+    activations to 8 bits and run on AVX512-VNNI (`gguf_gemm_i8.rs`: 1.4-1.9x the bfloat16 panels), or not.
+    A process-wide switch of the Rust kernels (off by default), set by `DecoderModel.forward` for each step:
+    on for decode steps of engines with `cpu_decode_activations="int8"`."""
+    on = bool(on)
+    if on != _int8_now[0]:
+        _core.cpu_gguf_int8_activations(on)
+        _int8_now[0] = on
+
 
 def native_bf16() -> bool:
     """Whether the large-batch products have AVX512-BF16 (bfloat16 activations then run twice as fast as

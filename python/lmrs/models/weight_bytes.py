@@ -12,8 +12,9 @@ import torch
 
 __all__ = ["model_weight_bytes"]
 
-#: attributes that hold no weights of the model (the kernel backend, the config, shared RoPE tables)
-_SKIPPED = frozenset({"kernels", "config", "rotaries", "rotary", "ctx", "device"})
+#: attributes that hold no weights of the model (the kernel backend, the config, shared RoPE tables, the CPU
+#: program: the KV caches and the addresses of weights the layers hold)
+_SKIPPED = frozenset({"kernels", "config", "rotaries", "rotary", "ctx", "device", "_program", "_program_kernels"})
 
 
 def _storage(t: torch.Tensor) -> tuple[int, int]:
