@@ -67,6 +67,7 @@ def instrument(engine, prof: Profile) -> None:
 
     runner = engine.engine.runner
     model = runner.model
+    model._program = None  # rebuilt at the next step: the wrapped projections select the Python layer loop
     for layer in model.layers:
         for owner in (getattr(layer, "attn", None), getattr(layer, "mlp", None)):
             for name in LINEAR_KINDS:
