@@ -52,10 +52,8 @@ fn has_bmi2() -> bool {
     }
 }
 
-/// Tiles per panel.
-pub const NB: usize = 4;
-/// Rows per microkernel call.
-const MR: usize = 3;
+pub use super::gguf_panels::NB;
+
 /// Input features per panel chunk (whole GGUF blocks).
 const KC: usize = 1024;
 
@@ -96,13 +94,16 @@ mod kernel {
 
     use super::super::gguf_decode::{scale_offset, ty};
     use super::super::gguf_layout::TILE;
-    use super::super::gguf_matmul::{store_row, GgufMatmulArgs, ROW_BLOCK};
+    use super::super::gguf_matmul::{GgufMatmulArgs, ROW_BLOCK};
     use super::super::gguf_pairs_bf16::{
         byte_pairs, code_index_tables, nibble_pairs, Emulated, Native, PairDot,
     };
-    use super::super::parallel::{parallel_for, threads_for};
+    use super::super::gguf_panels::{
+        load_acc, load_codes, store_acc, store_panel, zero_tile, Work, MR,
+    };
+    use super::super::parallel::parallel_for;
     use super::super::simd::{bf16_to_f32, Avx512};
-    use super::{Scratch, KC, MR, NB, SCRATCH, SUMS};
+    use super::{Scratch, KC, NB, SCRATCH, SUMS};
     use crate::with_gguf_type;
 
     /// bfloat16 activation rows and their 32-value group sums.
@@ -115,20 +116,6 @@ mod kernel {
     }
     unsafe impl Send for Rows {}
     unsafe impl Sync for Rows {}
-
-    /// How a row block's work is split: item i is part i % parts of panel i / parts, a part
-    /// being a run of whole microkernel row groups.
-    struct Work {
-        parts: usize,
-        rows: usize,
-    }
-
-    impl Work {
-        /// The first row of part j (j = parts: the end).
-        fn part_start(&self, j: usize) -> usize {
-            (self.rows.div_ceil(MR) * j / self.parts * MR).min(self.rows)
-        }
-    }
 
     pub unsafe fn run(a: &GgufMatmulArgs, native: bool) {
         let panels = a.n.div_ceil(TILE * NB);
@@ -157,19 +144,8 @@ mod kernel {
                 sums,
                 sums_stride: groups,
             };
-            // Few panels that do not split evenly (a 576-output product is 9 panels): each panel's
-            // rows are split in as many parts as threads, so that the threads get equal work; a
-            // thread decodes the panels of its parts (a panel split between two threads is
-            // decoded by both).
-            let wanted = threads_for(rows * a.n * a.k / 4, panels * rows.div_ceil(MR), a.threads);
-            let parts = if wanted > 1 && panels % wanted != 0 && panels < 8 * wanted {
-                wanted.min(rows.div_ceil(MR))
-            } else {
-                1
-            };
-            let items = panels * parts;
-            let threads = wanted.min(items);
-            let work = Work { parts, rows };
+            // few panels that do not split evenly: each panel's rows split over the threads
+            let (work, items, threads) = Work::split(a, rows, panels);
             parallel_for(
                 items,
                 threads,
@@ -235,14 +211,10 @@ mod kernel {
         if items.is_empty() {
             return;
         }
-        let (p_first, p_last) = (items.start / w.parts, (items.end - 1) / w.parts);
-        for p in p_first..=p_last {
+        let p_last = (items.end - 1) / w.parts;
+        for (p, first, last) in w.panels(items) {
             let t0 = p * NB;
             let nt = (tiles - t0).min(NB);
-            // this thread's rows of panel p: its parts [part0, part1)
-            let part0 = items.start.max(p * w.parts) - p * w.parts;
-            let part1 = items.end.min((p + 1) * w.parts) - p * w.parts;
-            let (first, last) = (w.part_start(part0), w.part_start(part1));
             let mut k0 = 0;
             while k0 < a.k {
                 let k1 = (k0 + kc).min(a.k);
@@ -271,12 +243,7 @@ mod kernel {
                 }
                 k0 = k1;
             }
-            for r in first..last {
-                for c in 0..nt {
-                    let v = _mm512_loadu_ps(s.y.as_ptr().add((r * NB + c) * TILE));
-                    store_row::<Avx512>(a, row0 + r, (t0 + c) * TILE, v);
-                }
-            }
+            store_panel(a, s.y.as_ptr(), row0, first, last, t0, nt);
         }
     }
 
@@ -352,22 +319,15 @@ mod kernel {
         let codes = s.codes.as_mut_ptr();
         for c in 0..NB {
             if c >= nt {
-                for pair in 0..(k1 - k0) / 2 {
-                    _mm512_storeu_si512(
-                        codes.add((pair * NB + c) * 2 * TILE) as *mut _,
-                        _mm512_setzero_si512(),
-                    );
-                }
-                for g in 0..(k1 - k0) / gk {
-                    _mm512_storeu_ps(
-                        s.scales.as_mut_ptr().add((g * NB + c) * TILE),
-                        _mm512_setzero_ps(),
-                    );
-                    _mm512_storeu_ps(
-                        s.offsets.as_mut_ptr().add((g * NB + c) * TILE),
-                        _mm512_setzero_ps(),
-                    );
-                }
+                let (scales, offsets) = (s.scales.as_mut_ptr(), s.offsets.as_mut_ptr());
+                zero_tile(
+                    codes as *mut u8,
+                    (k1 - k0) / 2,
+                    scales,
+                    offsets,
+                    (k1 - k0) / gk,
+                    c,
+                );
                 continue;
             }
             let base = (a.packed as *const u8).add((t0 + c) * blocks * bb);
@@ -406,15 +366,7 @@ mod kernel {
         let t = ty::<Q>();
         let gk = t.group();
         let codes = s.codes.as_ptr();
-        let ybuf = s.y.as_mut_ptr().add(r0 * NB * TILE);
-        let mut y = [[_mm512_setzero_ps(); NB]; R];
-        if accumulate {
-            for (r, yr) in y.iter_mut().enumerate() {
-                for (c, v) in yr.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(ybuf.add((r * NB + c) * TILE));
-                }
-            }
-        }
+        let mut y = load_acc::<R>(s.y.as_ptr(), r0, accumulate);
         let mut xp = [std::ptr::null::<u16>(); R];
         for (r, p) in xp.iter_mut().enumerate() {
             *p = x.x.add((r0 + r) * x.stride + k0);
@@ -423,10 +375,7 @@ mod kernel {
             let mut acc = [[_mm512_setzero_ps(); NB]; R];
             for pp in 0..gk / 2 {
                 let pair = g * gk / 2 + pp;
-                let mut w = [_mm512_setzero_si512(); NB];
-                for (c, wc) in w.iter_mut().enumerate() {
-                    *wc = _mm512_loadu_si512(codes.add((pair * NB + c) * 2 * TILE) as *const _);
-                }
+                let w = load_codes(codes as *const u8, pair);
                 for r in 0..R {
                     let xb = D::bcast(xp[r].add(2 * pair));
                     for c in 0..NB {
@@ -446,10 +395,6 @@ mod kernel {
                 }
             }
         }
-        for (r, yr) in y.iter().enumerate() {
-            for (c, &v) in yr.iter().enumerate() {
-                _mm512_storeu_ps(ybuf.add((r * NB + c) * TILE), v);
-            }
-        }
+        store_acc::<R>(s.y.as_mut_ptr(), r0, &y);
     }
 }

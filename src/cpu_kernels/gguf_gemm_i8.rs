@@ -72,10 +72,6 @@ pub fn applies(a: &GgufMatmulArgs) -> bool {
         && vnni()
 }
 
-/// Tiles per panel.
-pub const NB: usize = 4;
-/// Rows per microkernel call.
-const MR: usize = 3;
 /// Input features per panel chunk (whole GGUF blocks).
 const KC: usize = 1024;
 /// Values per activation group (every 4-bit type's scale group).
@@ -126,10 +122,13 @@ mod kernel {
 
     use super::super::gguf_decode::{scale_offset, ty};
     use super::super::gguf_layout::{GgufType, TILE};
-    use super::super::gguf_matmul::{store_row, GgufMatmulArgs, ROW_BLOCK};
-    use super::super::parallel::{parallel_for, threads_for};
+    use super::super::gguf_matmul::{GgufMatmulArgs, ROW_BLOCK};
+    use super::super::gguf_panels::{
+        load_acc, load_codes, store_acc, store_panel, zero_tile, Work, MR, NB,
+    };
+    use super::super::parallel::parallel_for;
     use super::super::simd::Avx512;
-    use super::{Quantized, Scratch, G, KC, MR, NB, QUANTIZED, SCRATCH};
+    use super::{Quantized, Scratch, G, KC, QUANTIZED, SCRATCH};
 
     /// A row block's quantized activations as the panels read them.
     #[derive(Clone, Copy)]
@@ -144,19 +143,6 @@ mod kernel {
     }
     unsafe impl Send for Rows {}
     unsafe impl Sync for Rows {}
-
-    /// How a row block's work is split: item i is part i % parts of panel i / parts, a part
-    /// being a run of whole microkernel row groups (as in `gguf_gemm_bf16`).
-    struct Work {
-        parts: usize,
-        rows: usize,
-    }
-
-    impl Work {
-        fn part_start(&self, j: usize) -> usize {
-            (self.rows.div_ceil(MR) * j / self.parts * MR).min(self.rows)
-        }
-    }
 
     pub unsafe fn run(a: &GgufMatmulArgs) {
         let panels = a.n.div_ceil(TILE * NB);
@@ -175,17 +161,10 @@ mod kernel {
                     groups,
                 }
             });
-            let wanted = threads_for(rows * a.n * a.k / 4, panels * rows.div_ceil(MR), a.threads);
-            let parts = if wanted > 1 && panels % wanted != 0 && panels < 8 * wanted {
-                wanted.min(rows.div_ceil(MR))
-            } else {
-                1
-            };
-            let items = panels * parts;
-            let work = Work { parts, rows };
+            let (work, items, threads) = Work::split(a, rows, panels);
             parallel_for(
                 items,
-                wanted.min(items),
+                threads,
                 |_| 1,
                 |p| {
                     SCRATCH.with(|s| {
@@ -281,13 +260,9 @@ mod kernel {
         if items.is_empty() {
             return;
         }
-        let (p_first, p_last) = (items.start / w.parts, (items.end - 1) / w.parts);
-        for p in p_first..=p_last {
+        for (p, first, last) in w.panels(items) {
             let t0 = p * NB;
             let nt = (tiles - t0).min(NB);
-            let part0 = items.start.max(p * w.parts) - p * w.parts;
-            let part1 = items.end.min((p + 1) * w.parts) - p * w.parts;
-            let (first, last) = (w.part_start(part0), w.part_start(part1));
             let mut k0 = 0;
             while k0 < a.k {
                 let k1 = (k0 + kc).min(a.k);
@@ -304,12 +279,7 @@ mod kernel {
                 }
                 k0 = k1;
             }
-            for r in first..last {
-                for c in 0..nt {
-                    let v = _mm512_loadu_ps(s.y.as_ptr().add((r * NB + c) * TILE));
-                    store_row::<Avx512>(a, row0 + r, (t0 + c) * TILE, v);
-                }
-            }
+            store_panel(a, s.y.as_ptr(), row0, first, last, t0, nt);
         }
     }
 
@@ -340,22 +310,8 @@ mod kernel {
         let codes = s.codes.as_mut_ptr();
         for c in 0..NB {
             if c >= nt {
-                for step in 0..(k1 - k0) / 4 {
-                    _mm512_storeu_si512(
-                        codes.add((step * NB + c) * 4 * TILE) as *mut _,
-                        _mm512_setzero_si512(),
-                    );
-                }
-                for g in 0..(k1 - k0) / G {
-                    _mm512_storeu_ps(
-                        s.scales.as_mut_ptr().add((g * NB + c) * TILE),
-                        _mm512_setzero_ps(),
-                    );
-                    _mm512_storeu_ps(
-                        s.offsets.as_mut_ptr().add((g * NB + c) * TILE),
-                        _mm512_setzero_ps(),
-                    );
-                }
+                let (scales, offsets) = (s.scales.as_mut_ptr(), s.offsets.as_mut_ptr());
+                zero_tile(codes, (k1 - k0) / 4, scales, offsets, (k1 - k0) / G, c);
                 continue;
             }
             let base = (a.packed as *const u8).add((t0 + c) * blocks * bb);
@@ -416,15 +372,7 @@ mod kernel {
         accumulate: bool,
     ) {
         let codes = s.codes.as_ptr();
-        let ybuf = s.y.as_mut_ptr().add(r0 * NB * TILE);
-        let mut y = [[_mm512_setzero_ps(); NB]; R];
-        if accumulate {
-            for (r, yr) in y.iter_mut().enumerate() {
-                for (c, v) in yr.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(ybuf.add((r * NB + c) * TILE));
-                }
-            }
-        }
+        let mut y = load_acc::<R>(s.y.as_ptr(), r0, accumulate);
         let mut xp = [std::ptr::null::<i8>(); R];
         for (r, p) in xp.iter_mut().enumerate() {
             *p = x.xq.add((r0 + r) * x.k + k0);
@@ -433,10 +381,7 @@ mod kernel {
             let mut acc = [[_mm512_setzero_si512(); NB]; R];
             for st in 0..G / 4 {
                 let step = g * G / 4 + st;
-                let mut w = [_mm512_setzero_si512(); NB];
-                for (c, wc) in w.iter_mut().enumerate() {
-                    *wc = _mm512_loadu_si512(codes.add((step * NB + c) * 4 * TILE) as *const _);
-                }
+                let w = load_codes(codes, step);
                 for r in 0..R {
                     let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
                         xp[r].add(4 * step) as *const i32
@@ -459,10 +404,6 @@ mod kernel {
                 }
             }
         }
-        for (r, yr) in y.iter().enumerate() {
-            for (c, &v) in yr.iter().enumerate() {
-                _mm512_storeu_ps(ybuf.add((r * NB + c) * TILE), v);
-            }
-        }
+        store_acc::<R>(s.y.as_mut_ptr(), r0, &y);
     }
 }

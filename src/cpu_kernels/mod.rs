@@ -31,6 +31,7 @@ pub mod gguf_gemv_bf16;
 pub mod gguf_layout;
 pub mod gguf_matmul;
 pub mod gguf_pairs_bf16;
+pub mod gguf_panels;
 pub mod gguf_rows;
 pub mod isa_select;
 pub mod logits;

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmrs import _core
 from lmrs._core import FinishReason
 from lmrs.engine.config import EngineConfig
 from lmrs.engine.detokenizer import IncrementalDetokenizer
@@ -306,6 +307,8 @@ class LLMEngine:
         s["requests_tracked"] = len(self.requests)
         s["last_step_ms"] = round(self.last_step_time * 1000, 3)
         s["failed_steps"] = self.num_failed_steps
+        # products with 8-bit activations in this process (CPU decode steps, `cpu_decode_activations="int8"`)
+        s["cpu_int8_products"] = _core.cpu_gguf_int8_products()
         drafts, rows = s.get("spec_decode_num_draft_tokens", 0), s.get("spec_decode_num_drafts", 0)
         accepted = s.get("spec_decode_num_accepted_tokens", 0)
         s["spec_decode_acceptance_rate"] = round(accepted / drafts, 4) if drafts else 0.0

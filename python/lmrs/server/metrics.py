@@ -62,6 +62,8 @@ class EngineCollector:
         yield gauge("lmrs:spec_decode_accepted_tokens_per_step",
                     "Tokens a verifying row gains per step (accepted drafts + its own token; 0 before any).",
                     (accepted + rows) / rows if rows else 0.0)
+        yield counter("lmrs:cpu_int8_products", "CPU products run with 8-bit activations (decode steps, "
+                      "--cpu-decode-activations int8).", s.get("cpu_int8_products", 0))
         yield gauge("lmrs:sessions_alive", "Interactive sessions kept by the engine.", s.get("sessions", 0))
         yield counter("lmrs:session_hit_tokens", "Context tokens reused from sessions' pinned KV blocks.", s.get("session_hit_tokens", 0))
         blocks = GaugeMetricFamily("lmrs:kv_blocks", "KV blocks by state (free includes cached).", labels=names + ["state"])
