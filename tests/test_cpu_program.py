@@ -124,3 +124,23 @@ def test_bad_program_arguments_name_the_operand():
     with pytest.raises(ValueError, match="compute_dtype"):
         prog.run(1, 2, norm.data_ptr(), norm.data_ptr(), 1, 1, 1, 1, 1, 1, 1, 1, 1)
     assert prog.num_layers == 0
+
+
+def test_a_swapped_projection_rebuilds_the_program(smollm2_kept, monkeypatch):
+    """The program holds the addresses of the layers' tensors: replacing a projection after the first step
+    makes the next step build a new program (here with the wrapped projection: the layer loop)."""
+    ours, program, eng = _run(smollm2_kept, [[100, 200, 300]], monkeypatch, True, max_tokens=2)
+    model = eng.engine.runner.model
+    assert isinstance(program, CpuProgram) and program.current(model, eng.engine.runner.kv_cache.layers)
+    calls = []
+    inner = model.layers[3].mlp.down_proj
+
+    def wrapped(x):
+        calls.append(x.shape[0])
+        return inner(x)
+
+    model.layers[3].mlp.down_proj = wrapped
+    assert not program.current(model, eng.engine.runner.kv_cache.layers)
+    out = eng.generate([[100, 200, 300]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, logprobs=2))
+    assert calls and model._program is False
+    assert out[0].token_ids == ours[0][0]

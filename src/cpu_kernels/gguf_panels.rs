@@ -38,7 +38,7 @@ impl Work {
     /// threads to run them on).
     pub fn split(a: &GgufMatmulArgs, rows: usize, panels: usize) -> (Work, usize, usize) {
         let wanted = threads_for(rows * a.n * a.k / 4, panels * rows.div_ceil(MR), a.threads);
-        let parts = if wanted > 1 && panels % wanted != 0 && panels < 8 * wanted {
+        let parts = if wanted > 1 && !panels.is_multiple_of(wanted) && panels < 8 * wanted {
             wanted.min(rows.div_ceil(MR))
         } else {
             1

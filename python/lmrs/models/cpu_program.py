@@ -89,6 +89,17 @@ def _caches_ok(kv_caches, n_layers: int, spec) -> bool:
     return True
 
 
+def _operands(layer) -> tuple:
+    """The objects a layer's program operands come from (held by the program: their tensors stay alive)."""
+    attn, mlp = layer.attn, layer.mlp
+    return (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj, layer.input_norm, layer.input_norm.weight,
+            layer.post_attention_norm, layer.post_attention_norm.weight, attn.rotary.cos_sin_cache)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(x is y for x, y in zip(a, b))
+
+
 class CpuProgram:
     """One model's layers over one set of KV caches as a `CpuDecoderProgram`."""
 
@@ -114,11 +125,16 @@ class CpuProgram:
                 _segments(mlp.down_proj), table.data_ptr(), table.shape[0], bool(attn.rotary.is_neox),
                 k.data_ptr(), v.data_ptr())
         self.layers = layers
+        self.final_norm = (model.norm, model.norm.weight)
+        # every object whose tensors' addresses the program holds, to notice one swapped after the build
+        self.operands = [_operands(layer) for layer in layers]
 
     def current(self, model, kv_caches) -> bool:
-        """Whether this program still matches the model's layers, caches and RoPE tables."""
+        """Whether this program still matches the model's layers (their projections, norms and RoPE tables)
+        and caches: a swapped one would leave the program reading the old tensors."""
         return (kv_caches is self.kv_caches and model.layers is self.layers
-                and all(layer.attn.rotary.cos_sin_cache is t for layer, t in zip(self.layers, self.tables)))
+                and self.final_norm[0] is model.norm and self.final_norm[1] is model.norm.weight
+                and all(_same(_operands(layer), ops) for layer, ops in zip(self.layers, self.operands)))
 
     def covers(self, rows: int, compute_dtype: torch.dtype) -> bool:
         """Whether a step of `rows` rows computing in `compute_dtype` runs here (every product on the Rust
